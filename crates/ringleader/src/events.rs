@@ -1,0 +1,102 @@
+//! Events a node reports to its application.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use futures::Stream;
+use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast;
+use tokio_stream::wrappers::BroadcastStream;
+use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
+
+use crate::types::{LeaveReason, NodeId, NodeInfo, Role};
+
+/// Something that happened in the cluster, as seen by one node.
+///
+/// Cluster-wide events come from committed log entries, so every node reports
+/// them in the same order. [`Event::BecameLeader`] is node-local.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Event {
+    /// A new leadership epoch started.
+    LeaderChanged {
+        /// The new leader.
+        leader: NodeId,
+        /// The epoch token: strictly greater than every earlier epoch.
+        epoch: u64,
+    },
+    /// This node became the leader of `epoch`. Leader-only work should carry
+    /// `epoch` as its fencing token.
+    BecameLeader {
+        /// The epoch token.
+        epoch: u64,
+    },
+    /// A node was admitted to the member table.
+    MemberJoined {
+        /// The node's incarnation id.
+        id: NodeId,
+        /// How to reach it.
+        info: NodeInfo,
+        /// Its role when admitted.
+        role: Role,
+    },
+    /// A node was removed from the member table.
+    MemberLeft {
+        /// The node's incarnation id.
+        id: NodeId,
+        /// How it was reached.
+        info: NodeInfo,
+        /// Why it is gone.
+        reason: LeaveReason,
+    },
+    /// A member was promoted to voter or demoted to plain member.
+    RoleChanged {
+        /// The node's incarnation id.
+        id: NodeId,
+        /// Its new role.
+        role: Role,
+    },
+    /// The application read events too slowly and `missed` of them were
+    /// dropped; re-read [`crate::Node::status`] to resynchronise.
+    Lagged {
+        /// How many events were dropped.
+        missed: u64,
+    },
+}
+
+/// A stream of [`Event`]s from one node, from the moment it was created.
+///
+/// Returned by [`crate::Node::events`]. Use it as a [`Stream`] or call
+/// [`EventStream::next`]. A slow reader gets [`Event::Lagged`] instead of
+/// blocking the node.
+pub struct EventStream {
+    inner: BroadcastStream<Event>,
+}
+
+impl EventStream {
+    pub(crate) fn new(rx: broadcast::Receiver<Event>) -> Self {
+        Self {
+            inner: BroadcastStream::new(rx),
+        }
+    }
+
+    /// Waits for the next event; `None` once the node has shut down.
+    pub async fn next(&mut self) -> Option<Event> {
+        futures::StreamExt::next(self).await
+    }
+}
+
+impl Stream for EventStream {
+    type Item = Event;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Event>> {
+        match Pin::new(&mut self.inner).poll_next(cx) {
+            Poll::Ready(Some(Ok(event))) => Poll::Ready(Some(event)),
+            Poll::Ready(Some(Err(BroadcastStreamRecvError::Lagged(missed)))) => {
+                Poll::Ready(Some(Event::Lagged { missed }))
+            }
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}

@@ -1,0 +1,166 @@
+//! Messages exchanged between nodes, after the handshake.
+//!
+//! Every connection carries requests from the side that opened it and one
+//! response per request, in order. Messages are encoded with `postcard` inside
+//! length-prefixed frames (see [`crate::transport::codec`]).
+
+use openraft::error::{InstallSnapshotError, RaftError};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::raft::TypeConfig;
+use crate::state::{ClusterState, Command};
+use crate::types::{NodeId, NodeInfo};
+
+/// The wire protocol version carried in the handshake. Bump it on any
+/// incompatible change to [`Request`], [`Response`] or the handshake.
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// A request from one node to another.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Request {
+    /// Raft log replication and heartbeats, addressed to one incarnation.
+    AppendEntries {
+        /// The incarnation the sender means to reach.
+        target: NodeId,
+        /// The openraft request.
+        rpc: AppendEntriesRequest<TypeConfig>,
+    },
+    /// A Raft vote request.
+    Vote {
+        /// The incarnation the sender means to reach.
+        target: NodeId,
+        /// The openraft request.
+        rpc: VoteRequest<NodeId>,
+    },
+    /// A chunk of a Raft snapshot.
+    InstallSnapshot {
+        /// The incarnation the sender means to reach.
+        target: NodeId,
+        /// The openraft request.
+        rpc: InstallSnapshotRequest<TypeConfig>,
+    },
+    /// "Who are you and do you belong to a cluster?"
+    Probe,
+    /// Ask the leader to admit a node.
+    Join {
+        /// The joining incarnation.
+        id: NodeId,
+        /// How to reach it.
+        info: NodeInfo,
+        /// Its configured partition count (must match the cluster's).
+        num_partitions: u32,
+    },
+    /// A member's session heartbeat to the leader.
+    Heartbeat {
+        /// The sender.
+        id: NodeId,
+        /// Creation second of the cluster life the sender's copy belongs to.
+        known_created: u32,
+        /// Index of the last entry the sender has applied.
+        known_index: u64,
+    },
+    /// Ask the leader to remove a node now (graceful leave).
+    Leave {
+        /// The leaving incarnation.
+        id: NodeId,
+    },
+}
+
+/// The answer to a [`Request`].
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Response {
+    /// Answer to [`Request::AppendEntries`].
+    AppendEntries(Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>),
+    /// Answer to [`Request::Vote`].
+    Vote(Result<VoteResponse<NodeId>, RaftError<NodeId>>),
+    /// Answer to [`Request::InstallSnapshot`].
+    InstallSnapshot(
+        Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>,
+    ),
+    /// Answer to [`Request::Probe`].
+    Probe(ProbeInfo),
+    /// Answer to [`Request::Join`].
+    Join(JoinOutcome),
+    /// Answer to [`Request::Heartbeat`].
+    Heartbeat(HeartbeatOutcome),
+    /// Answer to [`Request::Leave`].
+    Leave(LeaveOutcome),
+    /// A Raft message reached a different incarnation than it was meant for.
+    WrongTarget {
+        /// The incarnation listening at that address now.
+        actual: NodeId,
+    },
+    /// The request could not be served.
+    Error(String),
+}
+
+/// What a node says about itself when probed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProbeInfo {
+    /// Its incarnation id.
+    pub id: NodeId,
+    /// Whether it belongs to a cluster.
+    pub clustered: bool,
+    /// The leader it knows of.
+    pub leader: Option<NodeInfo>,
+}
+
+/// The answer to a join request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum JoinOutcome {
+    /// The node is in the member table (committed).
+    Admitted,
+    /// Ask the leader instead.
+    NotLeader {
+        /// The leader, when known.
+        leader: Option<NodeInfo>,
+    },
+    /// The node may not join, and retrying will not help.
+    Refused(String),
+}
+
+/// The answer to a heartbeat.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HeartbeatOutcome {
+    /// Session renewed.
+    Ack {
+        /// What the sender is missing of the committed state.
+        update: Update,
+        /// Members the leader has not heard from for a while.
+        suspects: Vec<NodeId>,
+    },
+    /// Heartbeat the leader instead.
+    NotLeader {
+        /// The leader, when known.
+        leader: Option<NodeInfo>,
+    },
+    /// The sender is not in the member table (expelled): it must rejoin.
+    UnknownMember,
+}
+
+/// The committed state a member is missing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Update {
+    /// Nothing new.
+    UpToDate,
+    /// The entries after the member's index, in log order.
+    Delta(Vec<(u64, Command)>),
+    /// The whole state (the member is too far behind or in another life).
+    Snapshot(Box<ClusterState>),
+}
+
+/// The answer to a leave request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LeaveOutcome {
+    /// The node is out of the member table (committed).
+    Removed,
+    /// Ask the leader instead.
+    NotLeader {
+        /// The leader, when known.
+        leader: Option<NodeInfo>,
+    },
+}

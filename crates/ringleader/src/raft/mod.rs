@@ -1,0 +1,26 @@
+//! The glue between ringleader and openraft: type configuration, in-memory
+//! log store, state machine and the network adapter.
+
+pub mod log_store;
+pub mod network;
+pub mod state_machine;
+
+use std::io::Cursor;
+
+use crate::state::Command;
+use crate::types::{NodeId, NodeInfo};
+
+openraft::declare_raft_types!(
+    /// openraft type configuration for ringleader.
+    pub TypeConfig:
+        D = Command,
+        R = (),
+        NodeId = NodeId,
+        Node = NodeInfo,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = Cursor<Vec<u8>>,
+        AsyncRuntime = openraft::TokioRuntime,
+);
+
+/// The Raft handle type used throughout the crate.
+pub type Raft = openraft::Raft<TypeConfig>;

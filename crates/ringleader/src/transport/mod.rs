@@ -1,0 +1,249 @@
+//! Moving [`Request`]s and [`Response`]s between nodes.
+//!
+//! The node talks to peers only through the [`Transport`] trait (client side)
+//! and hands incoming requests to a [`Handler`] (server side), so a simulated
+//! network can stand in for TCP. [`TcpTransport`] and [`serve`] are the real
+//! thing: framed TCP ([`codec`]) after a versioned, optionally authenticated
+//! handshake ([`handshake`]).
+
+pub mod codec;
+pub mod handshake;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use self::codec::{FramedStream, framed, recv, recv_required, send};
+use self::handshake::Secret;
+use crate::error::TransportError;
+use crate::protocol::{Request, Response};
+
+/// Sends requests to peers by address.
+pub trait Transport: Send + Sync + 'static {
+    /// Sends `request` to the node listening at `addr` and waits at most
+    /// `timeout` for its response.
+    fn call(
+        &self,
+        addr: &str,
+        request: Request,
+        timeout: Duration,
+    ) -> BoxFuture<'_, Result<Response, TransportError>>;
+}
+
+/// Serves requests arriving from peers.
+pub trait Handler: Send + Sync + 'static {
+    /// Answers one request.
+    fn handle(&self, request: Request) -> BoxFuture<'_, Response>;
+}
+
+/// Settings shared by both ends of a connection.
+#[derive(Debug, Clone)]
+pub struct WireConfig {
+    /// The cluster name checked in the handshake.
+    pub cluster: String,
+    /// The optional shared secret.
+    pub secret: Option<Secret>,
+    /// The largest frame accepted or sent.
+    pub max_frame: usize,
+    /// How long a handshake may take.
+    pub handshake_timeout: Duration,
+}
+
+/// Counters describing what the server side refused.
+#[derive(Debug, Default)]
+pub struct WireStats {
+    /// Connections refused at the handshake (wrong cluster, secret, version).
+    pub handshakes_refused: AtomicU64,
+    /// Connections closed because of a malformed, truncated or oversized frame.
+    pub frames_rejected: AtomicU64,
+    /// Connections dropped because too many were open.
+    pub connections_shed: AtomicU64,
+}
+
+const IDLE_PER_PEER: usize = 4;
+
+/// The TCP [`Transport`]: a small pool of authenticated connections per peer.
+///
+/// Each connection carries one request at a time; concurrent calls to one
+/// peer use several connections.
+pub struct TcpTransport {
+    config: Arc<WireConfig>,
+    idle: Mutex<HashMap<String, Vec<FramedStream<TcpStream>>>>,
+}
+
+impl TcpTransport {
+    /// Creates a transport with no open connections.
+    pub fn new(config: Arc<WireConfig>) -> Self {
+        Self {
+            config,
+            idle: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn take_idle(&self, addr: &str) -> Option<FramedStream<TcpStream>> {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        idle.get_mut(addr).and_then(Vec::pop)
+    }
+
+    fn put_idle(&self, addr: &str, conn: FramedStream<TcpStream>) {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let list = idle.entry(addr.to_string()).or_default();
+        if list.len() < IDLE_PER_PEER {
+            list.push(conn);
+        }
+    }
+
+    async fn connect(&self, addr: &str) -> Result<FramedStream<TcpStream>, TransportError> {
+        let stream = TcpStream::connect(addr)
+            .await
+            .map_err(|e| TransportError::Io(format!("connect {addr}: {e}")))?;
+        let _ = stream.set_nodelay(true);
+        let mut conn = framed(stream, self.config.max_frame);
+        handshake::client(&mut conn, &self.config.cluster, self.config.secret.as_ref()).await?;
+        Ok(conn)
+    }
+
+    async fn exchange(
+        conn: &mut FramedStream<TcpStream>,
+        request: &Request,
+    ) -> Result<Response, TransportError> {
+        send(conn, request).await?;
+        recv_required(conn).await
+    }
+
+    async fn call_inner(&self, addr: &str, request: Request) -> Result<Response, TransportError> {
+        // A pooled connection may have been closed by the peer (e.g. it
+        // restarted); retry such a failure once on a fresh connection. Every
+        // request is safe to repeat.
+        if let Some(mut conn) = self.take_idle(addr) {
+            if let Ok(response) = Self::exchange(&mut conn, &request).await {
+                self.put_idle(addr, conn);
+                return Ok(response);
+            }
+        }
+        let mut conn = self.connect(addr).await?;
+        let response = Self::exchange(&mut conn, &request).await?;
+        self.put_idle(addr, conn);
+        Ok(response)
+    }
+}
+
+impl Transport for TcpTransport {
+    fn call(
+        &self,
+        addr: &str,
+        request: Request,
+        timeout: Duration,
+    ) -> BoxFuture<'_, Result<Response, TransportError>> {
+        let addr = addr.to_string();
+        Box::pin(async move {
+            match tokio::time::timeout(timeout, self.call_inner(&addr, request)).await {
+                Ok(result) => result,
+                Err(_) => Err(TransportError::Timeout(timeout.as_millis() as u64)),
+            }
+        })
+    }
+}
+
+/// The most connections one node serves at once; more are closed at accept.
+pub const MAX_CONNECTIONS: usize = 1024;
+
+/// Accepts peer connections on `listener` until `shutdown` fires, serving
+/// each on its own task. A connection that fails its handshake or sends a
+/// bad frame is closed and logged; nothing else is affected.
+pub async fn serve(
+    listener: TcpListener,
+    config: Arc<WireConfig>,
+    handler: Arc<dyn Handler>,
+    stats: Arc<WireStats>,
+    shutdown: CancellationToken,
+) {
+    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
+            Ok(pair) => pair,
+            Err(e) => {
+                // EMFILE and friends: back off briefly instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            stats.connections_shed.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(%peer, "too many connections; closing this one");
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let config = config.clone();
+        let handler = handler.clone();
+        let stats = stats.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            tokio::select! {
+                _ = shutdown.cancelled() => {}
+                _ = serve_connection(stream, peer, config, handler, stats) => {}
+            }
+        });
+    }
+}
+
+async fn serve_connection(
+    stream: TcpStream,
+    peer: std::net::SocketAddr,
+    config: Arc<WireConfig>,
+    handler: Arc<dyn Handler>,
+    stats: Arc<WireStats>,
+) {
+    let mut conn = framed(stream, config.max_frame);
+    let handshake = handshake::server(&mut conn, &config.cluster, config.secret.as_ref());
+    match tokio::time::timeout(config.handshake_timeout, handshake).await {
+        Ok(Ok(())) => {}
+        Ok(Err(TransportError::Handshake(e))) => {
+            stats.handshakes_refused.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(%peer, error = %e, "peer refused at handshake");
+            return;
+        }
+        Ok(Err(e)) => {
+            stats.frames_rejected.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(%peer, error = %e, "bad handshake; connection closed");
+            return;
+        }
+        Err(_) => {
+            stats.handshakes_refused.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(%peer, "handshake timed out; connection closed");
+            return;
+        }
+    }
+    loop {
+        let request = match recv::<_, Request>(&mut conn).await {
+            Ok(Some(request)) => request,
+            Ok(None) => return,
+            Err(TransportError::Malformed(reason)) => {
+                stats.frames_rejected.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(%peer, %reason, "malformed frame; connection closed");
+                return;
+            }
+            Err(e) => {
+                tracing::debug!(%peer, error = %e, "connection ended");
+                return;
+            }
+        };
+        let response = handler.handle(request).await;
+        if let Err(e) = send(&mut conn, &response).await {
+            tracing::debug!(%peer, error = %e, "could not answer; connection closed");
+            return;
+        }
+    }
+}
