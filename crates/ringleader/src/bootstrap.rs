@@ -113,7 +113,10 @@ mod tests {
     fn alone_bootstraps() {
         assert_eq!(decide("a:1", &seeds(&[]), &[]), Decision::Bootstrap);
         assert_eq!(decide("a:1", &seeds(&["a:1"]), &[]), Decision::Bootstrap);
-        assert_eq!(decide("a:1", &seeds(&[" a:1 ", ""]), &[]), Decision::Bootstrap);
+        assert_eq!(
+            decide("a:1", &seeds(&[" a:1 ", ""]), &[]),
+            Decision::Bootstrap
+        );
     }
 
     #[test]

@@ -81,8 +81,10 @@ pub struct ClusterState {
     pub leader: Option<NodeId>,
     /// The current leadership epoch (a token; 0 before the first leader).
     pub epoch: u64,
-    /// Log index of the last applied entry.
+    /// Log index of the last applied entry (meaningful once `started`).
     pub index: u64,
+    /// Whether any entry has been applied (Raft's first entry has index 0).
+    pub started: bool,
 }
 
 impl ClusterState {
@@ -96,9 +98,10 @@ impl ClusterState {
     /// Entries at or below the current index were applied already and are
     /// ignored, so feeding the same entry from two sources is harmless.
     pub fn apply(&mut self, index: u64, command: &Command) -> Vec<Event> {
-        if index <= self.index {
+        if self.started && index <= self.index {
             return Vec::new();
         }
+        self.started = true;
         self.index = index;
         let mut events = Vec::new();
         match command {
@@ -177,7 +180,7 @@ impl ClusterState {
     /// snapshot from another cluster life always replaces.
     pub fn replace_with(&mut self, newer: ClusterState) -> Vec<Event> {
         let same_life = self.created_secs() == newer.created_secs() && self.identity.is_some();
-        if same_life && newer.index <= self.index {
+        if same_life && self.started && newer.index <= self.index {
             return Vec::new();
         }
         let events = diff(self, &newer);

@@ -8,8 +8,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use openraft::storage::{RaftStateMachine, Snapshot, SnapshotMeta};
 use openraft::{
-    Entry, EntryPayload, LogId, RaftSnapshotBuilder, StorageError, StorageIOError,
-    StoredMembership,
+    Entry, EntryPayload, LogId, RaftSnapshotBuilder, StorageError, StorageIOError, StoredMembership,
 };
 use serde::{Deserialize, Serialize};
 
@@ -104,7 +103,9 @@ fn command_of(entry: &Entry<TypeConfig>) -> Command {
     match &entry.payload {
         EntryPayload::Blank => Command::Noop,
         EntryPayload::Normal(command) => command.clone(),
-        EntryPayload::Membership(membership) => Command::SetVoters(membership.voter_ids().collect()),
+        EntryPayload::Membership(membership) => {
+            Command::SetVoters(membership.voter_ids().collect())
+        }
     }
 }
 
@@ -132,7 +133,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 let index = entry.log_id.index;
                 let command = command_of(&entry);
                 if let EntryPayload::Membership(membership) = &entry.payload {
-                    inner.last_membership = StoredMembership::new(Some(entry.log_id), membership.clone());
+                    inner.last_membership =
+                        StoredMembership::new(Some(entry.log_id), membership.clone());
                 }
                 inner.last_applied = Some(entry.log_id);
                 inner.state.apply(index, &command);
@@ -196,7 +198,8 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
         let body = SnapshotBody {
             state: inner.state.clone(),
         };
-        let bytes = postcard::to_stdvec(&body).map_err(|e| StorageIOError::write_snapshot(None, &e))?;
+        let bytes =
+            postcard::to_stdvec(&body).map_err(|e| StorageIOError::write_snapshot(None, &e))?;
         inner.snapshot_seq += 1;
         let last = inner.last_applied;
         let snapshot_id = match last {

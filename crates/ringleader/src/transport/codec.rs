@@ -9,7 +9,7 @@ use futures::{SinkExt, StreamExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio_util::codec::{Framed, LengthDelimitedCodec};
+use tokio_util::codec::{Decoder, Encoder, Framed, LengthDelimitedCodec};
 
 use crate::error::TransportError;
 
@@ -18,15 +18,67 @@ use crate::error::TransportError;
 pub const DEFAULT_MAX_FRAME: usize = 8 * 1024 * 1024;
 
 /// A byte stream split into frames.
-pub type FramedStream<S> = Framed<S, LengthDelimitedCodec>;
+pub type FramedStream<S> = Framed<S, FrameCodec>;
+
+/// `tokio_util`'s length-delimited codec, plus one thing it lacks: a
+/// connection that ends after a frame's length prefix but before its payload
+/// is reported as truncated, not as a clean close.
+#[derive(Debug)]
+pub struct FrameCodec {
+    inner: LengthDelimitedCodec,
+    mid_frame: bool,
+}
+
+impl Decoder for FrameCodec {
+    type Item = BytesMut;
+    type Error = std::io::Error;
+
+    fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<BytesMut>, std::io::Error> {
+        let before = buf.len();
+        let frame = self.inner.decode(buf)?;
+        if frame.is_some() {
+            self.mid_frame = false;
+        } else if buf.len() < before {
+            // The length prefix was consumed; the payload is still due.
+            self.mid_frame = true;
+        }
+        Ok(frame)
+    }
+
+    fn decode_eof(&mut self, buf: &mut BytesMut) -> Result<Option<BytesMut>, std::io::Error> {
+        match self.decode(buf)? {
+            Some(frame) => Ok(Some(frame)),
+            None if self.mid_frame || !buf.is_empty() => Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "connection closed in the middle of a frame",
+            )),
+            None => Ok(None),
+        }
+    }
+}
+
+impl Encoder<Bytes> for FrameCodec {
+    type Error = std::io::Error;
+
+    fn encode(&mut self, item: Bytes, dst: &mut BytesMut) -> Result<(), std::io::Error> {
+        self.inner.encode(item, dst)
+    }
+}
 
 /// Wraps `stream` in the frame codec with the given maximum payload size.
 pub fn framed<S: AsyncRead + AsyncWrite>(stream: S, max_frame: usize) -> FramedStream<S> {
-    LengthDelimitedCodec::builder()
+    let inner = LengthDelimitedCodec::builder()
         .length_field_length(4)
         .big_endian()
         .max_frame_length(max_frame)
-        .new_framed(stream)
+        .new_codec();
+    Framed::new(
+        stream,
+        FrameCodec {
+            inner,
+            mid_frame: false,
+        },
+    )
 }
 
 /// Encodes one message into a frame payload.
@@ -86,7 +138,9 @@ fn frame_error(e: std::io::Error) -> TransportError {
     // connection cut mid-frame as UnexpectedEof.
     match e.kind() {
         std::io::ErrorKind::InvalidData => TransportError::Malformed(e.to_string()),
-        std::io::ErrorKind::UnexpectedEof => TransportError::Malformed(format!("truncated frame: {e}")),
+        std::io::ErrorKind::UnexpectedEof => {
+            TransportError::Malformed(format!("truncated frame: {e}"))
+        }
         _ => TransportError::Io(e.to_string()),
     }
 }

@@ -155,19 +155,35 @@ where
     let client_proof = match (secret, server_proof) {
         (Some(secret), Some(proof)) => {
             if !secret.verify(SERVER_LABEL, cluster, &client_nonce, &server_nonce, &proof) {
-                return Err(HandshakeError::Auth("the server's proof of the cluster secret is wrong".into()).into());
+                let e = HandshakeError::Auth(
+                    "the server's proof of the cluster secret is wrong".into(),
+                );
+                refuse(framed, &e).await;
+                return Err(e.into());
             }
             Some(secret.proof(CLIENT_LABEL, cluster, &client_nonce, &server_nonce))
         }
         (Some(_), None) => {
-            return Err(HandshakeError::Auth("the server has no cluster secret but we do".into()).into());
+            let e = HandshakeError::Auth("the server has no cluster secret but we do".into());
+            refuse(framed, &e).await;
+            return Err(e.into());
         }
         (None, Some(_)) => {
-            return Err(HandshakeError::Auth("the server requires a cluster secret and we have none".into()).into());
+            let e = HandshakeError::Auth(
+                "the server requires a cluster secret and we have none".into(),
+            );
+            refuse(framed, &e).await;
+            return Err(e.into());
         }
         (None, None) => None,
     };
-    send(framed, &HandshakeMsg::Auth { proof: client_proof }).await?;
+    send(
+        framed,
+        &HandshakeMsg::Auth {
+            proof: client_proof,
+        },
+    )
+    .await?;
     match recv_required::<_, HandshakeMsg>(framed).await? {
         HandshakeMsg::Welcome => Ok(()),
         HandshakeMsg::Refused(reason) => Err(HandshakeError::Refused(reason).into()),
@@ -226,7 +242,9 @@ where
             }
         }
         (Some(_), None) => Err(HandshakeError::Auth("a cluster secret is required".into())),
-        (None, Some(_)) => Err(HandshakeError::Auth("this node has no cluster secret".into())),
+        (None, Some(_)) => Err(HandshakeError::Auth(
+            "this node has no cluster secret".into(),
+        )),
         (None, None) => Ok(()),
     };
     match verdict {
@@ -277,7 +295,11 @@ mod tests {
         let (mut fa, mut fb) = (framed(a, 4096), framed(b, 4096));
         let cs = client_secret.map(|s| Secret::new(s.as_bytes()));
         let ss = server_secret.map(|s| Secret::new(s.as_bytes()));
-        let c = async { client(&mut fa, client_cluster, cs.as_ref()).await };
+        let c = async {
+            let r = client(&mut fa, client_cluster, cs.as_ref()).await;
+            drop(fa);
+            r
+        };
         let s = async {
             let r = server(&mut fb, server_cluster, ss.as_ref()).await;
             drop(fb);
@@ -303,7 +325,10 @@ mod tests {
     #[tokio::test]
     async fn wrong_secret_is_refused_both_ways() {
         let (c, s) = run("x", Some("k1"), "x", Some("k2")).await;
-        assert!(matches!(c, Err(TransportError::Handshake(HandshakeError::Auth(_)))), "{c:?}");
+        assert!(
+            matches!(c, Err(TransportError::Handshake(HandshakeError::Auth(_)))),
+            "{c:?}"
+        );
         assert!(s.is_err());
     }
 
@@ -320,7 +345,16 @@ mod tests {
     #[tokio::test]
     async fn other_cluster_is_refused() {
         let (c, s) = run("x", None, "y", None).await;
-        assert!(matches!(c, Err(TransportError::Handshake(HandshakeError::Refused(_)))), "{c:?}");
-        assert!(matches!(s, Err(TransportError::Handshake(HandshakeError::Cluster { .. }))));
+        assert!(
+            matches!(
+                c,
+                Err(TransportError::Handshake(HandshakeError::Refused(_)))
+            ),
+            "{c:?}"
+        );
+        assert!(matches!(
+            s,
+            Err(TransportError::Handshake(HandshakeError::Cluster { .. }))
+        ));
     }
 }

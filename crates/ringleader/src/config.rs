@@ -1,0 +1,161 @@
+//! Node configuration and its validation.
+
+use std::time::Duration;
+
+use crate::error::Error;
+use crate::transport::codec::DEFAULT_MAX_FRAME;
+use crate::transport::handshake::Secret;
+
+/// Default cluster name.
+pub const DEFAULT_CLUSTER: &str = "ringleader";
+/// Default number of partitions.
+pub const DEFAULT_PARTITIONS: u32 = 256;
+/// Default number of Raft voters.
+pub const DEFAULT_VOTERS: usize = 3;
+
+/// Every timing a node uses. See `docs/architecture.md` for what each is for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Timings {
+    /// How often a member heartbeats the leader (default 200 ms).
+    pub heartbeat: Duration,
+    /// How long the leader waits without a heartbeat before it removes a
+    /// member (default 1 s).
+    pub session_timeout: Duration,
+    /// Raft leader heartbeat to voters (default 50 ms).
+    pub raft_heartbeat: Duration,
+    /// Raft election timeout, lower bound (default 150 ms).
+    pub election_timeout_min: Duration,
+    /// Raft election timeout, upper bound (default 300 ms).
+    pub election_timeout_max: Duration,
+    /// How long one request to a peer may take (default 500 ms).
+    pub rpc_timeout: Duration,
+}
+
+impl Default for Timings {
+    fn default() -> Self {
+        Self {
+            heartbeat: Duration::from_millis(200),
+            session_timeout: Duration::from_millis(1000),
+            raft_heartbeat: Duration::from_millis(50),
+            election_timeout_min: Duration::from_millis(150),
+            election_timeout_max: Duration::from_millis(300),
+            rpc_timeout: Duration::from_millis(500),
+        }
+    }
+}
+
+/// Everything a node is started with. Build it with [`crate::Node::builder`].
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// The node's name; a random one (`node-xxxxxx`) when absent.
+    pub name: Option<String>,
+    /// Where to listen for peers (`HOST:PORT`; port 0 picks a free one).
+    pub listen: String,
+    /// The address peers should use; defaults to the bound listen address.
+    /// Must be spelled like the seed lists spell it.
+    pub advertise: Option<String>,
+    /// The HTTP API address to publish to other members, if any.
+    pub http_addr: Option<String>,
+    /// Seed peer addresses. Empty (or only this node): start a new cluster.
+    pub seeds: Vec<String>,
+    /// The cluster name; peers of other clusters are refused at handshake.
+    pub cluster: String,
+    /// Optional shared secret; peers without it are refused.
+    pub secret: Option<Secret>,
+    /// Number of partitions (fixed for the cluster's life).
+    pub num_partitions: u32,
+    /// Target number of Raft voters: 1, 3, 5 or 7.
+    pub voters: usize,
+    /// Timings.
+    pub timings: Timings,
+    /// Largest frame accepted from or sent to a peer.
+    pub max_frame: usize,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        Self {
+            name: None,
+            listen: "127.0.0.1:0".to_string(),
+            advertise: None,
+            http_addr: None,
+            seeds: Vec::new(),
+            cluster: DEFAULT_CLUSTER.to_string(),
+            secret: None,
+            num_partitions: DEFAULT_PARTITIONS,
+            voters: DEFAULT_VOTERS,
+            timings: Timings::default(),
+            max_frame: DEFAULT_MAX_FRAME,
+        }
+    }
+}
+
+impl NodeConfig {
+    /// Checks every setting, naming the first one that is wrong.
+    pub fn validate(&self) -> Result<(), Error> {
+        if self.cluster.is_empty() || self.cluster.len() > 128 {
+            return Err(Error::config("cluster", "must be 1 to 128 bytes"));
+        }
+        if let Some(name) = &self.name {
+            if name.is_empty() || name.len() > 128 {
+                return Err(Error::config("name", "must be 1 to 128 bytes"));
+            }
+        }
+        if self.num_partitions == 0 || self.num_partitions > crate::partitioner::MAX_PARTITIONS {
+            return Err(Error::config(
+                "partitions",
+                format!("must be 1 to {}", crate::partitioner::MAX_PARTITIONS),
+            ));
+        }
+        if !matches!(self.voters, 1 | 3 | 5 | 7) {
+            return Err(Error::config("voters", "must be 1, 3, 5 or 7"));
+        }
+        if self.max_frame < 64 * 1024 || self.max_frame > 256 * 1024 * 1024 {
+            return Err(Error::config("max-frame", "must be 64 KiB to 256 MiB"));
+        }
+        let t = &self.timings;
+        let ms = |d: Duration| d.as_millis();
+        if ms(t.heartbeat) < 10 {
+            return Err(Error::config("heartbeat-ms", "must be at least 10 ms"));
+        }
+        if t.session_timeout < t.heartbeat * 2 {
+            return Err(Error::config(
+                "session-timeout-ms",
+                "must be at least twice the heartbeat interval",
+            ));
+        }
+        if ms(t.raft_heartbeat) < 5 {
+            return Err(Error::config("raft-heartbeat-ms", "must be at least 5 ms"));
+        }
+        if t.election_timeout_min <= t.raft_heartbeat
+            || t.election_timeout_max <= t.election_timeout_min
+        {
+            return Err(Error::config(
+                "election-timeout-ms",
+                "need raft heartbeat < election min < election max",
+            ));
+        }
+        if ms(t.rpc_timeout) < 10 {
+            return Err(Error::config("rpc-timeout-ms", "must be at least 10 ms"));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn raft_config(&self) -> Result<openraft::Config, Error> {
+        let t = &self.timings;
+        let config = openraft::Config {
+            cluster_name: self.cluster.clone(),
+            heartbeat_interval: t.raft_heartbeat.as_millis() as u64,
+            election_timeout_min: t.election_timeout_min.as_millis() as u64,
+            election_timeout_max: t.election_timeout_max.as_millis() as u64,
+            install_snapshot_timeout: (t.rpc_timeout.as_millis() as u64).max(200),
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(1000),
+            max_in_snapshot_log_to_keep: 200,
+            snapshot_max_chunk_size: 1024 * 1024,
+            ..Default::default()
+        };
+        config
+            .validate()
+            .map_err(|e| Error::config("raft timings", e.to_string()))
+    }
+}

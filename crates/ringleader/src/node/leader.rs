@@ -1,0 +1,384 @@
+//! What the leader does: take office (announce the epoch), expire silent
+//! sessions, keep the voter set at its target size, and carry out joins and
+//! leaves. Also the leaving side of a graceful leave.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::time::Instant;
+
+use super::Core;
+use crate::error::Error;
+use crate::protocol::{LeaveOutcome, Request, Response};
+use crate::state::{ClusterIdentity, Command};
+use crate::types::{LeaveReason, NodeId, NodeInfo};
+
+fn raft_err(e: impl std::fmt::Display) -> Error {
+    Error::Raft(e.to_string())
+}
+
+async fn write(core: &Core, command: Command) -> Result<u64, Error> {
+    let response = core.raft.client_write(command).await.map_err(raft_err)?;
+    Ok(response.log_id.index)
+}
+
+/// The leader-duty loop; idle while this node does not lead.
+pub(crate) async fn run(core: Arc<Core>) {
+    let mut metrics = core.raft.metrics();
+    let period = (core.config.timings.heartbeat / 2).min(Duration::from_millis(100));
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The Raft term in which this node last took office.
+    let mut in_office: Option<u64> = None;
+    loop {
+        tokio::select! {
+            _ = core.shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+            changed = metrics.changed() => if changed.is_err() { return },
+        }
+        let term = {
+            let m = metrics.borrow();
+            m.current_term
+        };
+        if !core.raft_leads() {
+            if in_office.take().is_some() {
+                tracing::info!(node = %core.info.name, "no longer the leader");
+            }
+            core.sessions
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clear();
+            continue;
+        }
+        if core.leaving.load(Ordering::SeqCst) {
+            continue;
+        }
+        if in_office != Some(term) {
+            match take_office(&core).await {
+                Ok(epoch) => {
+                    tracing::info!(node = %core.info.name, term, epoch, "took office as leader");
+                    in_office = Some(term);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not take office yet");
+                    continue;
+                }
+            }
+        }
+        core.view.set_suspects(core.suspects());
+        expire_sessions(&core).await;
+        if let Err(e) = reconcile_voters(&core).await {
+            tracing::warn!(error = %e, "voter reconciliation failed; will retry");
+        }
+    }
+}
+
+/// Waits for the next whole wall-clock second and returns it: the creation
+/// stamp of a new cluster life (see [`crate::token`]).
+async fn next_whole_second() -> u32 {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    let wait =
+        Duration::from_secs(1).saturating_sub(Duration::from_nanos(u64::from(now.subsec_nanos())));
+    tokio::time::sleep(wait).await;
+    u32::try_from(now.as_secs() + 1).unwrap_or(u32::MAX)
+}
+
+/// Starts a leadership: every member gets a full session timeout from now,
+/// the cluster is stamped if new, and the epoch is committed.
+async fn take_office(core: &Arc<Core>) -> Result<u64, Error> {
+    // Apply everything committed before this term so the state is current.
+    core.raft.ensure_linearizable().await.map_err(raft_err)?;
+    let state = core.sm.state();
+    {
+        let now = Instant::now();
+        let mut sessions = core.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        sessions.clear();
+        for id in state.members.keys() {
+            sessions.insert(*id, now);
+        }
+    }
+    if state.identity.is_none() {
+        let created_secs = next_whole_second().await;
+        write(
+            core,
+            Command::Init(ClusterIdentity {
+                name: core.config.cluster.clone(),
+                created_secs,
+                num_partitions: core.config.num_partitions,
+            }),
+        )
+        .await?;
+    }
+    if !state.members.contains_key(&core.id) {
+        write(
+            core,
+            Command::AddMember {
+                id: core.id,
+                info: core.info.clone(),
+            },
+        )
+        .await?;
+    }
+    write(core, Command::NewEpoch { leader: core.id }).await?;
+    Ok(core.sm.state().epoch)
+}
+
+fn session_snapshot(core: &Core, members: &BTreeSet<NodeId>) -> BTreeMap<NodeId, Instant> {
+    let now = Instant::now();
+    let mut sessions = core.sessions.lock().unwrap_or_else(|e| e.into_inner());
+    sessions.retain(|id, _| members.contains(id));
+    for id in members {
+        sessions.entry(*id).or_insert(now);
+    }
+    sessions.clone()
+}
+
+async fn expire_sessions(core: &Arc<Core>) {
+    let members: BTreeSet<NodeId> = core.sm.state().members.keys().copied().collect();
+    let now = Instant::now();
+    let timeout = core.config.timings.session_timeout;
+    let expired: Vec<NodeId> = session_snapshot(core, &members)
+        .into_iter()
+        .filter(|(id, seen)| *id != core.id && now.duration_since(*seen) > timeout)
+        .map(|(id, _)| id)
+        .collect();
+    for id in expired {
+        tracing::info!(id, "session expired; removing member");
+        if let Err(e) = remove_member(core, id, LeaveReason::Expired).await {
+            tracing::warn!(id, error = %e, "could not remove expired member");
+        }
+    }
+}
+
+/// Admits `id` to the member table (leader only).
+pub(crate) async fn add_member(core: &Arc<Core>, id: NodeId, info: NodeInfo) -> Result<(), Error> {
+    core.touch(id);
+    write(core, Command::AddMember { id, info }).await?;
+    Ok(())
+}
+
+/// Removes `id` (not this node) from the voter set, then from the member
+/// table (leader only).
+pub(crate) async fn remove_member(
+    core: &Arc<Core>,
+    id: NodeId,
+    reason: LeaveReason,
+) -> Result<(), Error> {
+    let _guard = core.membership_lock.lock().await;
+    let voters = core.raft_voters();
+    if id != core.id && voters.contains(&id) {
+        let rest: BTreeSet<NodeId> = voters.iter().copied().filter(|v| *v != id).collect();
+        core.raft
+            .change_membership(rest, false)
+            .await
+            .map_err(raft_err)?;
+    }
+    if core.sm.state().members.contains_key(&id) {
+        write(core, Command::RemoveMember { id, reason }).await?;
+    }
+    core.sessions
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(&id);
+    Ok(())
+}
+
+/// The voter count to aim for: the largest odd number no greater than the
+/// target and the number of live members (an even voter set tolerates no
+/// more failures than the odd one below it).
+pub(crate) fn desired_voters(target: usize, live: usize) -> usize {
+    let n = target.min(live).max(1);
+    if n % 2 == 0 { n - 1 } else { n }
+}
+
+async fn reconcile_voters(core: &Arc<Core>) -> Result<(), Error> {
+    let _guard = core.membership_lock.lock().await;
+    {
+        let m = core.raft.metrics();
+        if m.borrow()
+            .membership_config
+            .membership()
+            .get_joint_config()
+            .len()
+            > 1
+        {
+            return Ok(()); // a change is in flight
+        }
+    }
+    let state = core.sm.state();
+    let mut voters = core.raft_voters();
+    // Voters that are no longer members (removed while this node was not
+    // leading, or left mid-way) leave the voter set.
+    let stale: Vec<NodeId> = voters
+        .iter()
+        .copied()
+        .filter(|v| *v != core.id && !state.members.contains_key(v))
+        .collect();
+    if !stale.is_empty() {
+        voters.retain(|v| !stale.contains(v));
+        tracing::info!(?stale, "removing voters that are no longer members");
+        core.raft
+            .change_membership(voters.clone(), false)
+            .await
+            .map_err(raft_err)?;
+    }
+    let suspects = core.suspects();
+    let live: Vec<(&NodeId, &crate::state::Member)> = state
+        .members
+        .iter()
+        .filter(|(id, _)| **id == core.id || !suspects.contains(id))
+        .collect();
+    let desired = desired_voters(core.config.voters, live.len());
+    if voters.len() > desired && voters.len() % 2 == 0 {
+        // An even voter set tolerates no more failures than one voter fewer
+        // but doubles the ways to lose quorum: drop one, a suspect first,
+        // else the latest to join.
+        let drop = voters
+            .iter()
+            .copied()
+            .filter(|v| *v != core.id)
+            .max_by_key(|v| {
+                let joined = state.members.get(v).map_or(u64::MAX, |m| m.joined_index);
+                (suspects.contains(v), joined)
+            });
+        if let Some(drop) = drop {
+            voters.remove(&drop);
+            tracing::info!(demoted = drop, "keeping the voter count odd");
+            core.raft
+                .change_membership(voters, false)
+                .await
+                .map_err(raft_err)?;
+        }
+        return Ok(());
+    }
+    if voters.len() >= desired {
+        return Ok(());
+    }
+    let mut candidates: Vec<(&NodeId, &crate::state::Member)> = live
+        .into_iter()
+        .filter(|(id, _)| !voters.contains(id))
+        .collect();
+    candidates.sort_by_key(|(id, m)| (m.joined_index, **id));
+    let mut added = Vec::new();
+    for (id, member) in candidates.into_iter().take(desired - voters.len()) {
+        let catch_up = core.raft.add_learner(*id, member.info.clone(), true);
+        match tokio::time::timeout(core.config.timings.session_timeout * 2, catch_up).await {
+            Ok(Ok(_)) => added.push(*id),
+            Ok(Err(e)) => tracing::warn!(id, error = %e, "could not add learner"),
+            Err(_) => tracing::warn!(id, "learner did not catch up in time"),
+        }
+    }
+    if added.is_empty() {
+        return Ok(());
+    }
+    voters.extend(added.iter().copied());
+    tracing::info!(?added, "promoting members to voters");
+    core.raft
+        .change_membership(voters, false)
+        .await
+        .map_err(raft_err)?;
+    Ok(())
+}
+
+/// The leaving side of a graceful leave: removes this node through the log.
+pub(crate) async fn leave(core: &Arc<Core>) -> Result<(), Error> {
+    if core.raft_leads() {
+        return leave_as_leader(core).await;
+    }
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let mut queue: Vec<String> = core.leader_hint().map(|l| l.addr).into_iter().collect();
+        queue.extend(super::member::known_peers(core));
+        let mut visited = BTreeSet::new();
+        while let Some(addr) = queue.first().cloned() {
+            queue.remove(0);
+            if addr == core.info.addr || !visited.insert(addr.clone()) {
+                continue;
+            }
+            let request = Request::Leave { id: core.id };
+            match core
+                .transport
+                .call(&addr, request, core.config.timings.rpc_timeout)
+                .await
+            {
+                Ok(Response::Leave(LeaveOutcome::Removed)) => {
+                    tracing::info!(node = %core.info.name, "left the cluster");
+                    return Ok(());
+                }
+                Ok(Response::Leave(LeaveOutcome::NotLeader { leader: Some(l) })) => {
+                    queue.insert(0, l.addr)
+                }
+                Ok(_) | Err(_) => {}
+            }
+        }
+        if core.raft_leads() {
+            return leave_as_leader(core).await;
+        }
+        if attempts >= 50 {
+            return Err(Error::NoLeader("no leader accepted the leave".into()));
+        }
+        tokio::time::sleep(core.config.timings.heartbeat).await;
+    }
+}
+
+async fn leave_as_leader(core: &Arc<Core>) -> Result<(), Error> {
+    let _guard = core.membership_lock.lock().await;
+    write(
+        core,
+        Command::RemoveMember {
+            id: core.id,
+            reason: LeaveReason::Left,
+        },
+    )
+    .await?;
+    let mut rest: BTreeSet<NodeId> = core.raft_voters();
+    rest.remove(&core.id);
+    if rest.is_empty() {
+        // The only voter is leaving: hand the log to a live member first.
+        let state = core.sm.state();
+        let suspects = core.suspects();
+        let heir = state
+            .members
+            .iter()
+            .filter(|(id, _)| **id != core.id && !suspects.contains(id))
+            .min_by_key(|(id, m)| (m.joined_index, **id));
+        if let Some((id, member)) = heir {
+            core.raft
+                .add_learner(*id, member.info.clone(), true)
+                .await
+                .map_err(raft_err)?;
+            rest.insert(*id);
+        }
+    }
+    if !rest.is_empty() {
+        // Once this commits, Raft steps this node down and the rest elect.
+        core.raft
+            .change_membership(rest, false)
+            .await
+            .map_err(raft_err)?;
+    }
+    tracing::info!(node = %core.info.name, "left the cluster (was leader)");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::desired_voters;
+
+    #[test]
+    fn voter_target_is_odd_and_bounded() {
+        assert_eq!(desired_voters(3, 1), 1);
+        assert_eq!(desired_voters(3, 2), 1);
+        assert_eq!(desired_voters(3, 3), 3);
+        assert_eq!(desired_voters(3, 10), 3);
+        assert_eq!(desired_voters(5, 4), 3);
+        assert_eq!(desired_voters(5, 9), 5);
+        assert_eq!(desired_voters(1, 9), 1);
+        assert_eq!(desired_voters(3, 0), 1);
+    }
+}

@@ -1,0 +1,241 @@
+//! The member loop: get into the cluster (bootstrap or join), then heartbeat
+//! the leader every interval, apply what it sends back, and find the new
+//! leader when the old one goes away.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use futures::future::join_all;
+
+use super::Core;
+use crate::bootstrap::{self, Decision, SeedState};
+use crate::protocol::{HeartbeatOutcome, JoinOutcome, Request, Response};
+
+/// Most peers asked in one round of looking for the leader.
+const MAX_HOPS: usize = 12;
+
+pub(crate) async fn run(core: Arc<Core>) {
+    let mut tick = tokio::time::interval(core.config.timings.heartbeat);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut joined = false;
+    let mut leader_addr: Option<String> = None;
+    let mut may_elect = true;
+    loop {
+        tokio::select! {
+            _ = core.shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        // Only a committed voter may campaign. A voter removed from the set
+        // may never receive the final membership entry (the leader stops
+        // replicating to it), and would otherwise keep raising its term and
+        // disturb the leader when it is added back.
+        let is_voter = core.view.with(|s, _| s.voters.contains(&core.id));
+        if is_voter != may_elect {
+            core.raft.runtime_config().elect(is_voter);
+            may_elect = is_voter;
+        }
+        let leaving = core.leaving.load(Ordering::SeqCst);
+        if !joined {
+            if leaving {
+                continue;
+            }
+            if let Some(addr) = join_round(&core).await {
+                joined = true;
+                leader_addr = Some(addr);
+            }
+            continue;
+        }
+        if core.raft_leads() {
+            continue;
+        }
+        match heartbeat_round(&core, &mut leader_addr).await {
+            Beat::Renewed | Beat::NoLeader => {}
+            Beat::Expelled if leaving => {}
+            Beat::Expelled => {
+                tracing::warn!(node = %core.info.name, "the leader no longer knows this node; rejoining");
+                joined = false;
+            }
+        }
+    }
+}
+
+/// The address this node appears under in its seed list: its advertised
+/// address, or a seed that names the socket it is bound to.
+fn me_in_seeds(core: &Core, seeds: &BTreeSet<String>) -> String {
+    if seeds.contains(&core.info.addr) {
+        return core.info.addr.clone();
+    }
+    seeds
+        .iter()
+        .find(|s| s.parse::<SocketAddr>().ok() == Some(core.local_addr))
+        .cloned()
+        .unwrap_or_else(|| core.info.addr.clone())
+}
+
+/// Peer addresses worth asking about the cluster: members we know of (voters
+/// first), then seeds; never ourselves.
+pub(crate) fn known_peers(core: &Core) -> Vec<String> {
+    let mut out: Vec<String> = core.view.with(|state, _| {
+        let mut rows: Vec<(bool, &String)> = state
+            .members
+            .iter()
+            .map(|(id, m)| (!state.voters.contains(id), &m.info.addr))
+            .collect();
+        rows.sort();
+        rows.into_iter().map(|(_, a)| a.clone()).collect()
+    });
+    out.extend(bootstrap::normalize_seeds(&core.config.seeds));
+    let seeds = bootstrap::normalize_seeds(&core.config.seeds);
+    let me = me_in_seeds(core, &seeds);
+    let mut seen = BTreeSet::new();
+    out.retain(|a| *a != core.info.addr && *a != me && seen.insert(a.clone()));
+    out
+}
+
+/// One attempt to get into the cluster. Returns the leader's address once
+/// this node is in.
+async fn join_round(core: &Arc<Core>) -> Option<String> {
+    let seeds = bootstrap::normalize_seeds(&core.config.seeds);
+    let me = me_in_seeds(core, &seeds);
+    let probes = join_all(
+        bootstrap::peers_to_probe(&me, &seeds)
+            .into_iter()
+            .map(|addr| {
+                let core = core.clone();
+                async move {
+                    let state = match core
+                        .transport
+                        .call(&addr, Request::Probe, core.config.timings.rpc_timeout)
+                        .await
+                    {
+                        Ok(Response::Probe(info)) if info.clustered => SeedState::Clustered {
+                            leader: info.leader.map(|l| l.addr),
+                        },
+                        Ok(Response::Probe(_)) => SeedState::Unclustered,
+                        _ => SeedState::Unreachable,
+                    };
+                    (addr, state)
+                }
+            }),
+    )
+    .await;
+    // A node that was in the cluster before (expelled, rejoining) knows
+    // members beyond the seeds: try them too.
+    let mut decision = bootstrap::decide(&me, &seeds, &probes);
+    let previously_known: Vec<String> = known_peers(core)
+        .into_iter()
+        .filter(|a| !seeds.contains(a))
+        .collect();
+    if !previously_known.is_empty() {
+        decision = match decision {
+            Decision::Join(mut targets) => {
+                targets.extend(previously_known);
+                Decision::Join(targets)
+            }
+            _ => Decision::Join(previously_known),
+        };
+    }
+    match decision {
+        Decision::Bootstrap => bootstrap_cluster(core).await,
+        Decision::Join(targets) => join_via(core, targets).await,
+        Decision::Wait => {
+            tracing::debug!(?probes, "waiting for the cluster to form");
+            None
+        }
+    }
+}
+
+async fn bootstrap_cluster(core: &Arc<Core>) -> Option<String> {
+    let members = BTreeMap::from([(core.id, core.info.clone())]);
+    match core.raft.initialize(members).await {
+        Ok(()) => {
+            tracing::info!(node = %core.info.name, "bootstrapped a new cluster");
+            Some(core.info.addr.clone())
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "could not bootstrap");
+            None
+        }
+    }
+}
+
+async fn join_via(core: &Arc<Core>, targets: Vec<String>) -> Option<String> {
+    let mut queue: VecDeque<String> = targets.into();
+    let mut visited = BTreeSet::new();
+    while let Some(addr) = queue.pop_front() {
+        if addr == core.info.addr || !visited.insert(addr.clone()) || visited.len() > MAX_HOPS {
+            continue;
+        }
+        let request = Request::Join {
+            id: core.id,
+            info: core.info.clone(),
+            num_partitions: core.config.num_partitions,
+        };
+        match core
+            .transport
+            .call(&addr, request, core.config.timings.rpc_timeout * 4)
+            .await
+        {
+            Ok(Response::Join(JoinOutcome::Admitted)) => {
+                tracing::info!(node = %core.info.name, leader = %addr, "joined the cluster");
+                return Some(addr);
+            }
+            Ok(Response::Join(JoinOutcome::NotLeader { leader: Some(l) })) => {
+                queue.push_front(l.addr)
+            }
+            Ok(Response::Join(JoinOutcome::Refused(reason))) => {
+                tracing::error!(%reason, "the cluster refused this node");
+                core.set_refused(reason);
+                return None;
+            }
+            Ok(other) => tracing::debug!(%addr, ?other, "join: no admission"),
+            Err(e) => tracing::debug!(%addr, error = %e, "join: peer unreachable"),
+        }
+    }
+    None
+}
+
+enum Beat {
+    Renewed,
+    NoLeader,
+    Expelled,
+}
+
+async fn heartbeat_round(core: &Arc<Core>, leader_addr: &mut Option<String>) -> Beat {
+    let mut queue: VecDeque<String> = VecDeque::new();
+    queue.extend(leader_addr.take());
+    queue.extend(core.leader_hint().map(|l| l.addr));
+    queue.extend(known_peers(core));
+    let mut visited = BTreeSet::new();
+    while let Some(addr) = queue.pop_front() {
+        if addr == core.info.addr || !visited.insert(addr.clone()) || visited.len() > MAX_HOPS {
+            continue;
+        }
+        let (known_created, known_index) = core.view.with(|s, _| (s.created_secs(), s.index));
+        let request = Request::Heartbeat {
+            id: core.id,
+            known_created,
+            known_index,
+        };
+        match core
+            .transport
+            .call(&addr, request, core.config.timings.rpc_timeout)
+            .await
+        {
+            Ok(Response::Heartbeat(HeartbeatOutcome::Ack { update, suspects })) => {
+                core.view.on_update(update, suspects);
+                *leader_addr = Some(addr);
+                return Beat::Renewed;
+            }
+            Ok(Response::Heartbeat(HeartbeatOutcome::NotLeader { leader: Some(l) })) => {
+                queue.push_front(l.addr)
+            }
+            Ok(Response::Heartbeat(HeartbeatOutcome::UnknownMember)) => return Beat::Expelled,
+            Ok(_) => {}
+            Err(e) => tracing::debug!(%addr, error = %e, "heartbeat failed"),
+        }
+    }
+    Beat::NoLeader
+}

@@ -1,0 +1,476 @@
+//! The running node: the public [`Node`] handle and the tasks behind it.
+//!
+//! A node runs four things: the peer server (answers Raft, join, heartbeat
+//! and leave requests), its Raft instance, the member loop (joins the
+//! cluster, then heartbeats the leader and follows its stream of committed
+//! changes) and, while it leads, the leader duties (announce the epoch,
+//! expire silent sessions, keep the voter set full).
+
+mod leader;
+mod member;
+mod server;
+pub mod view;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use openraft::ServerState;
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use self::view::View;
+use crate::config::{NodeConfig, Timings};
+use crate::error::Error;
+use crate::events::EventStream;
+use crate::raft::Raft;
+use crate::raft::log_store::LogStore;
+use crate::raft::network::NetworkFactory;
+use crate::raft::state_machine::StateMachine;
+use crate::transport::handshake::Secret;
+use crate::transport::{self, TcpTransport, Transport, WireConfig, WireStats};
+use crate::types::{NodeId, NodeInfo, Role};
+
+/// Builds and starts a [`Node`].
+#[derive(Debug, Clone, Default)]
+pub struct NodeBuilder {
+    config: NodeConfig,
+}
+
+impl NodeBuilder {
+    /// Starts from a complete configuration.
+    pub fn from_config(config: NodeConfig) -> Self {
+        Self { config }
+    }
+
+    /// The node's name (default: generated).
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.config.name = Some(name.into());
+        self
+    }
+
+    /// The peer listen address (default `127.0.0.1:0`).
+    pub fn listen(mut self, addr: impl Into<String>) -> Self {
+        self.config.listen = addr.into();
+        self
+    }
+
+    /// The address peers use to reach this node (default: the bound address).
+    pub fn advertise(mut self, addr: impl Into<String>) -> Self {
+        self.config.advertise = Some(addr.into());
+        self
+    }
+
+    /// The HTTP API address published to other members.
+    pub fn http_addr(mut self, addr: impl Into<String>) -> Self {
+        self.config.http_addr = Some(addr.into());
+        self
+    }
+
+    /// Seed peers (`HOST:PORT`). None, or only this node: start a new cluster.
+    pub fn seeds<I, S>(mut self, seeds: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.config.seeds = seeds.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// The cluster name (default `ringleader`).
+    pub fn cluster(mut self, name: impl Into<String>) -> Self {
+        self.config.cluster = name.into();
+        self
+    }
+
+    /// A shared secret every peer must prove it knows.
+    pub fn secret(mut self, secret: impl Into<Vec<u8>>) -> Self {
+        self.config.secret = Some(Secret::new(secret));
+        self
+    }
+
+    /// Number of partitions (default 256).
+    pub fn partitions(mut self, n: u32) -> Self {
+        self.config.num_partitions = n;
+        self
+    }
+
+    /// Target number of Raft voters: 1, 3 (default), 5 or 7.
+    pub fn voters(mut self, n: usize) -> Self {
+        self.config.voters = n;
+        self
+    }
+
+    /// All timings at once.
+    pub fn timings(mut self, timings: Timings) -> Self {
+        self.config.timings = timings;
+        self
+    }
+
+    /// The configuration built so far.
+    pub fn config(&self) -> &NodeConfig {
+        &self.config
+    }
+
+    /// Validates the configuration, binds the listen address and starts the
+    /// node. It returns once the node serves peers; joining the cluster goes
+    /// on in the background (see [`Node::wait_ready`]).
+    pub async fn start(self) -> Result<Node, Error> {
+        Node::start(self.config).await
+    }
+}
+
+/// One member of a ringleader cluster. Cheap to clone; all clones drive the
+/// same node.
+#[derive(Clone)]
+pub struct Node {
+    core: Arc<Core>,
+}
+
+/// The state shared by the node's tasks.
+pub(crate) struct Core {
+    pub(crate) id: NodeId,
+    pub(crate) info: NodeInfo,
+    pub(crate) config: NodeConfig,
+    pub(crate) raft: Raft,
+    pub(crate) sm: StateMachine,
+    pub(crate) view: Arc<View>,
+    pub(crate) transport: Arc<dyn Transport>,
+    pub(crate) wire_stats: Arc<WireStats>,
+    /// Leader only: when each member was last heard from.
+    pub(crate) sessions: Mutex<BTreeMap<NodeId, Instant>>,
+    /// Serialises membership changes on the leader.
+    pub(crate) membership_lock: tokio::sync::Mutex<()>,
+    pub(crate) shutdown: CancellationToken,
+    pub(crate) leaving: AtomicBool,
+    /// Set when the cluster refused this node for good (e.g. another P).
+    refused: Mutex<Option<String>>,
+    local_addr: SocketAddr,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Core {
+    /// Records that the cluster refused this node, waking [`Node::wait_ready`].
+    pub(crate) fn set_refused(&self, reason: String) {
+        *self.refused.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason);
+        self.view.notify();
+    }
+
+    fn refused(&self) -> Option<String> {
+        self.refused
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Whether Raft says this node leads right now.
+    pub(crate) fn raft_leads(&self) -> bool {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        m.state == ServerState::Leader && m.current_leader == Some(self.id)
+    }
+
+    /// The leader as far as this node knows: Raft's opinion first (voters),
+    /// then the committed view.
+    pub(crate) fn leader_hint(&self) -> Option<NodeInfo> {
+        {
+            let m = self.raft.metrics();
+            let m = m.borrow();
+            if let Some(leader) = m.current_leader {
+                if let Some(node) = m.membership_config.membership().get_node(&leader) {
+                    return Some(node.clone());
+                }
+            }
+        }
+        self.view.with(|state, _| {
+            state
+                .leader
+                .and_then(|l| state.members.get(&l))
+                .map(|m| m.info.clone())
+        })
+    }
+
+    /// Current Raft voter ids.
+    pub(crate) fn raft_voters(&self) -> std::collections::BTreeSet<NodeId> {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        m.membership_config.membership().voter_ids().collect()
+    }
+}
+
+/// One row of [`Status::members`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberStatus {
+    /// Incarnation id.
+    pub id: NodeId,
+    /// Name.
+    pub name: String,
+    /// Peer address.
+    pub addr: String,
+    /// HTTP API address, when it has one.
+    pub http_addr: Option<String>,
+    /// Voter or member.
+    pub role: Role,
+    /// False when the leader has not heard from it for half a session timeout.
+    pub alive: bool,
+    /// Whether it leads the current epoch.
+    pub leader: bool,
+}
+
+/// A node's view of the cluster, from its replicated copy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
+    /// This node's incarnation id.
+    pub id: NodeId,
+    /// This node's name.
+    pub name: String,
+    /// The cluster name.
+    pub cluster: String,
+    /// The leader of the current epoch, if any.
+    pub leader: Option<NodeId>,
+    /// The current leadership epoch token.
+    pub epoch: u64,
+    /// Log index of the last change this node has applied.
+    pub applied_index: u64,
+    /// Whether this node is in the member table.
+    pub joined: bool,
+    /// The member table.
+    pub members: Vec<MemberStatus>,
+}
+
+impl Node {
+    /// A builder with default settings.
+    pub fn builder() -> NodeBuilder {
+        NodeBuilder::default()
+    }
+
+    async fn start(config: NodeConfig) -> Result<Node, Error> {
+        config.validate()?;
+        let raft_config = Arc::new(config.raft_config()?);
+        let listener = TcpListener::bind(&config.listen)
+            .await
+            .map_err(|e| Error::Bind {
+                addr: config.listen.clone(),
+                reason: e.to_string(),
+            })?;
+        let local_addr = listener.local_addr().map_err(|e| Error::Bind {
+            addr: config.listen.clone(),
+            reason: e.to_string(),
+        })?;
+        let id: NodeId = loop {
+            // 0 is openraft's "no node" default; never use it.
+            let id = rand::random::<u64>();
+            if id != 0 {
+                break id;
+            }
+        };
+        let name = config
+            .name
+            .clone()
+            .unwrap_or_else(|| format!("node-{:06x}", id & 0xff_ffff));
+        let info = NodeInfo {
+            name,
+            addr: config
+                .advertise
+                .clone()
+                .unwrap_or_else(|| local_addr.to_string()),
+            http_addr: config.http_addr.clone(),
+        };
+        let wire = Arc::new(WireConfig {
+            cluster: config.cluster.clone(),
+            secret: config.secret.clone(),
+            max_frame: config.max_frame,
+            handshake_timeout: Duration::from_secs(2),
+        });
+        let transport: Arc<dyn Transport> = Arc::new(TcpTransport::new(wire.clone()));
+        let view = Arc::new(View::new(id));
+        let sink_view = view.clone();
+        let sm = StateMachine::new(Arc::new(move |applied| sink_view.on_applied(applied)));
+        let raft = Raft::new(
+            id,
+            raft_config,
+            NetworkFactory::new(transport.clone()),
+            LogStore::default(),
+            sm.clone(),
+        )
+        .await
+        .map_err(|e| Error::Raft(e.to_string()))?;
+        let core = Arc::new(Core {
+            id,
+            info,
+            config,
+            raft,
+            sm,
+            view,
+            transport,
+            wire_stats: Arc::new(WireStats::default()),
+            sessions: Mutex::new(BTreeMap::new()),
+            membership_lock: tokio::sync::Mutex::new(()),
+            shutdown: CancellationToken::new(),
+            leaving: AtomicBool::new(false),
+            refused: Mutex::new(None),
+            local_addr,
+            tasks: Mutex::new(Vec::new()),
+        });
+        tracing::info!(
+            node = %core.info.name,
+            id = core.id,
+            addr = %core.info.addr,
+            cluster = %core.config.cluster,
+            "node starting"
+        );
+        let handler: Arc<dyn transport::Handler> = Arc::new(server::PeerHandler(core.clone()));
+        let tasks = vec![
+            tokio::spawn(transport::serve(
+                listener,
+                wire,
+                handler,
+                core.wire_stats.clone(),
+                core.shutdown.clone(),
+            )),
+            tokio::spawn(member::run(core.clone())),
+            tokio::spawn(leader::run(core.clone())),
+        ];
+        *core.tasks.lock().unwrap_or_else(|e| e.into_inner()) = tasks;
+        Ok(Node { core })
+    }
+
+    /// This node's incarnation id.
+    pub fn id(&self) -> NodeId {
+        self.core.id
+    }
+
+    /// This node's name and addresses.
+    pub fn info(&self) -> &NodeInfo {
+        &self.core.info
+    }
+
+    /// The address the peer server is bound to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.core.local_addr
+    }
+
+    /// The configuration the node runs with.
+    pub fn config(&self) -> &NodeConfig {
+        &self.core.config
+    }
+
+    /// Events from now on.
+    pub fn events(&self) -> EventStream {
+        EventStream::new(self.core.view.subscribe())
+    }
+
+    /// Whether this node leads the current epoch: Raft says it leads and the
+    /// committed epoch is its own.
+    pub fn is_leader(&self) -> bool {
+        self.core.raft_leads() && self.core.view.with(|s, _| s.leader == Some(self.core.id))
+    }
+
+    /// The leader of the current epoch and the epoch token, as committed.
+    pub fn leader(&self) -> Option<(NodeId, u64)> {
+        self.core.view.with(|s, _| s.leader.map(|l| (l, s.epoch)))
+    }
+
+    /// Whether this node is in the cluster's member table.
+    pub fn is_joined(&self) -> bool {
+        self.core
+            .view
+            .with(|s, _| s.members.contains_key(&self.core.id) && s.leader.is_some())
+    }
+
+    /// Waits until this node is in the member table and knows a leader.
+    pub async fn wait_ready(&self, timeout: Duration) -> Result<(), Error> {
+        let mut changes = self.core.view.watch();
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.is_joined() {
+                return Ok(());
+            }
+            if let Some(reason) = self.core.refused() {
+                return Err(Error::Refused(reason));
+            }
+            if self.core.shutdown.is_cancelled() {
+                return Err(Error::Shutdown);
+            }
+            match tokio::time::timeout_at(deadline, changes.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Err(Error::Shutdown),
+                Err(_) => return Err(Error::NoLeader("not admitted before the deadline".into())),
+            }
+        }
+    }
+
+    /// This node's view of the cluster.
+    pub fn status(&self) -> Status {
+        let core = &self.core;
+        core.view.with(|state, suspects| Status {
+            id: core.id,
+            name: core.info.name.clone(),
+            cluster: core.config.cluster.clone(),
+            leader: state.leader,
+            epoch: state.epoch,
+            applied_index: state.index,
+            joined: state.members.contains_key(&core.id),
+            members: state
+                .members
+                .iter()
+                .map(|(id, m)| MemberStatus {
+                    id: *id,
+                    name: m.info.name.clone(),
+                    addr: m.info.addr.clone(),
+                    http_addr: m.info.http_addr.clone(),
+                    role: m.role,
+                    alive: !suspects.contains(id),
+                    leader: state.leader == Some(*id),
+                })
+                .collect(),
+        })
+    }
+
+    /// Transport counters: refused handshakes, rejected frames, shed connections.
+    pub fn wire_stats(&self) -> &WireStats {
+        &self.core.wire_stats
+    }
+
+    /// Leaves the cluster gracefully: the node is removed through the log
+    /// (so nobody waits for its session to expire), then it shuts down.
+    /// Gives up on the cluster after `timeout` and shuts down anyway.
+    pub async fn leave(&self, timeout: Duration) -> Result<(), Error> {
+        self.core.leaving.store(true, Ordering::SeqCst);
+        let result = tokio::time::timeout(timeout, leader::leave(&self.core))
+            .await
+            .unwrap_or_else(|_| Err(Error::NoLeader("leave timed out".into())));
+        if let Err(e) = &result {
+            tracing::warn!(error = %e, "could not leave cleanly; shutting down anyway");
+        }
+        self.shutdown().await;
+        result
+    }
+
+    /// Stops the node at once without telling the cluster, as a crash would
+    /// (the leader removes it after the session timeout). Prefer
+    /// [`Node::leave`].
+    pub async fn shutdown(&self) {
+        let core = &self.core;
+        if core.shutdown.is_cancelled() {
+            return;
+        }
+        core.shutdown.cancel();
+        let _ = core.raft.shutdown().await;
+        let tasks = std::mem::take(&mut *core.tasks.lock().unwrap_or_else(|e| e.into_inner()));
+        for task in tasks {
+            task.abort();
+        }
+        tracing::info!(node = %core.info.name, "node stopped");
+    }
+
+    /// Whether [`Node::shutdown`] or [`Node::leave`] has run.
+    pub fn is_shut_down(&self) -> bool {
+        self.core.shutdown.is_cancelled()
+    }
+}

@@ -1,0 +1,174 @@
+//! Answers requests from peers.
+
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use tokio::time::Instant;
+
+use super::{Core, leader};
+use crate::protocol::{HeartbeatOutcome, JoinOutcome, LeaveOutcome, ProbeInfo, Request, Response};
+use crate::transport::Handler;
+use crate::types::{LeaveReason, NodeId, NodeInfo};
+
+/// The node's [`Handler`].
+pub(crate) struct PeerHandler(pub(crate) Arc<Core>);
+
+impl Handler for PeerHandler {
+    fn handle(&self, request: Request) -> BoxFuture<'_, Response> {
+        Box::pin(handle(&self.0, request))
+    }
+}
+
+async fn handle(core: &Arc<Core>, request: Request) -> Response {
+    match request {
+        Request::AppendEntries { target, rpc } => {
+            if target != core.id {
+                return Response::WrongTarget { actual: core.id };
+            }
+            Response::AppendEntries(core.raft.append_entries(rpc).await)
+        }
+        Request::Vote { target, rpc } => {
+            if target != core.id {
+                return Response::WrongTarget { actual: core.id };
+            }
+            Response::Vote(core.raft.vote(rpc).await)
+        }
+        Request::InstallSnapshot { target, rpc } => {
+            if target != core.id {
+                return Response::WrongTarget { actual: core.id };
+            }
+            Response::InstallSnapshot(core.raft.install_snapshot(rpc).await)
+        }
+        Request::Probe => Response::Probe(ProbeInfo {
+            id: core.id,
+            clustered: core.view.with(|s, _| s.identity.is_some()),
+            leader: core.leader_hint(),
+        }),
+        Request::Join {
+            id,
+            info,
+            num_partitions,
+        } => Response::Join(join(core, id, info, num_partitions).await),
+        Request::Heartbeat {
+            id,
+            known_created,
+            known_index,
+        } => Response::Heartbeat(heartbeat(core, id, known_created, known_index)),
+        Request::Leave { id } => Response::Leave(leave(core, id).await),
+    }
+}
+
+async fn join(core: &Arc<Core>, id: NodeId, info: NodeInfo, num_partitions: u32) -> JoinOutcome {
+    if !core.raft_leads() {
+        return JoinOutcome::NotLeader {
+            leader: core.leader_hint(),
+        };
+    }
+    let state = core.sm.state();
+    if let Some(identity) = &state.identity {
+        if identity.num_partitions != num_partitions {
+            return JoinOutcome::Refused(format!(
+                "cluster {:?} has {} partitions; this node is configured with {}",
+                identity.name, identity.num_partitions, num_partitions
+            ));
+        }
+    }
+    if state.members.contains_key(&id) {
+        core.touch(id);
+        return JoinOutcome::Admitted;
+    }
+    // A new incarnation at an address an old one still holds: the old
+    // process is gone (two processes cannot listen on one address), so remove
+    // it now rather than after its session expires.
+    let stale: Vec<NodeId> = state
+        .members
+        .iter()
+        .filter(|(other, m)| **other != id && m.info.addr == info.addr)
+        .map(|(other, _)| *other)
+        .collect();
+    for old in stale {
+        if old == core.id {
+            continue;
+        }
+        if let Err(e) = leader::remove_member(core, old, LeaveReason::Expired).await {
+            tracing::warn!(old, error = %e, "could not remove the previous incarnation");
+        }
+    }
+    match leader::add_member(core, id, info).await {
+        Ok(()) => JoinOutcome::Admitted,
+        Err(e) => {
+            tracing::info!(id, error = %e, "join not committed");
+            JoinOutcome::NotLeader {
+                leader: core.leader_hint(),
+            }
+        }
+    }
+}
+
+fn heartbeat(
+    core: &Arc<Core>,
+    id: NodeId,
+    known_created: u32,
+    known_index: u64,
+) -> HeartbeatOutcome {
+    if !core.raft_leads() {
+        return HeartbeatOutcome::NotLeader {
+            leader: core.leader_hint(),
+        };
+    }
+    let known = core.sm.state();
+    if !known.members.contains_key(&id) {
+        // Our state machine may still be catching up after an election: only
+        // a leader at least as far along as the member may call it unknown.
+        if known.created_secs() == known_created && known.index < known_index {
+            return HeartbeatOutcome::NotLeader {
+                leader: Some(core.info.clone()),
+            };
+        }
+        return HeartbeatOutcome::UnknownMember;
+    }
+    core.touch(id);
+    HeartbeatOutcome::Ack {
+        update: core.sm.update_since(known_created, known_index),
+        suspects: core.suspects().into_iter().collect(),
+    }
+}
+
+async fn leave(core: &Arc<Core>, id: NodeId) -> LeaveOutcome {
+    if !core.raft_leads() {
+        return LeaveOutcome::NotLeader {
+            leader: core.leader_hint(),
+        };
+    }
+    match leader::remove_member(core, id, LeaveReason::Left).await {
+        Ok(()) => LeaveOutcome::Removed,
+        Err(e) => {
+            tracing::info!(id, error = %e, "leave not committed");
+            LeaveOutcome::NotLeader {
+                leader: core.leader_hint(),
+            }
+        }
+    }
+}
+
+impl Core {
+    /// Records that `id` was just heard from (leader only).
+    pub(crate) fn touch(&self, id: NodeId) {
+        self.sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, Instant::now());
+    }
+
+    /// Members not heard from for half a session timeout (leader only).
+    pub(crate) fn suspects(&self) -> std::collections::BTreeSet<NodeId> {
+        let now = Instant::now();
+        let half = self.config.timings.session_timeout / 2;
+        let sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        sessions
+            .iter()
+            .filter(|(id, seen)| **id != self.id && now.duration_since(**seen) > half)
+            .map(|(id, _)| *id)
+            .collect()
+    }
+}

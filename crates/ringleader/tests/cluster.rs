@@ -1,0 +1,116 @@
+//! Multi-node behaviour on loopback, in one process.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use ringleader::{Event, LeaveReason};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn five_nodes_agree_and_survive_leader_and_member_loss() {
+    init_tracing();
+    let mut nodes = start_cluster(5).await;
+    let first = wait_agreement(&nodes, 3, "5 nodes agree").await;
+
+    // Kill the leader (no goodbye): a new leader with a higher epoch, and
+    // every survivor attached to it.
+    let leader_pos = nodes.iter().position(|n| n.id() == first.leader).unwrap();
+    let old_leader = nodes.remove(leader_pos);
+    old_leader.shutdown().await;
+    let second = wait_agreement(&nodes, 3, "4 nodes agree after the leader died").await;
+    assert_ne!(second.leader, first.leader);
+    assert!(second.epoch > first.epoch, "{second:?} vs {first:?}");
+
+    // Kill a plain member: it is removed and everyone agrees.
+    let member_pos = nodes
+        .iter()
+        .position(|n| !second.voters.contains(&n.id()))
+        .expect("a non-voter");
+    let mut events = nodes[0].events();
+    let dead = nodes.remove(member_pos);
+    let dead_id = dead.id();
+    dead.shutdown().await;
+    let third = wait_agreement(&nodes, 3, "3 nodes agree after a member died").await;
+    assert_eq!(third.leader, second.leader);
+    let left = tokio::time::timeout(DEADLINE, async {
+        loop {
+            if let Some(Event::MemberLeft { id, reason, .. }) = events.next().await {
+                if id == dead_id {
+                    return reason;
+                }
+            }
+        }
+    })
+    .await
+    .expect("MemberLeft event");
+    assert_eq!(left, LeaveReason::Expired);
+
+    // Add a node: it is admitted.
+    let seeds: Vec<String> = nodes.iter().map(|n| n.info().addr.clone()).collect();
+    let addr = free_addrs(1).remove(0);
+    let newcomer = builder("late", &addr, &seeds).start().await.unwrap();
+    newcomer.wait_ready(DEADLINE).await.unwrap();
+    nodes.push(newcomer);
+    let fourth = wait_agreement(&nodes, 3, "the newcomer is admitted").await;
+    assert_eq!(fourth.members.len(), 4);
+    shutdown_all(&nodes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn simultaneous_starts_always_form_one_cluster() {
+    init_tracing();
+    for round in 0..20 {
+        let nodes = start_cluster(3).await;
+        let agreed = wait_agreement(&nodes, 3, &format!("round {round}: one cluster of 3")).await;
+        assert_eq!(agreed.members.len(), 3);
+        shutdown_all(&nodes).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn single_node_without_seeds_starts_at_once() {
+    init_tracing();
+    let node = ringleader::Node::builder().start().await.unwrap();
+    node.wait_ready(DEADLINE).await.unwrap();
+    let agreed = wait_agreement(std::slice::from_ref(&node), 1, "alone").await;
+    assert_eq!(agreed.leader, node.id());
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn graceful_leave_removes_through_the_log() {
+    init_tracing();
+    let mut nodes = start_cluster(4).await;
+    let agreed = wait_agreement(&nodes, 3, "4 nodes agree").await;
+    let mut events = nodes[0].events();
+    // A member leaves: removed with reason Left.
+    let pos = nodes
+        .iter()
+        .position(|n| n.id() != agreed.leader && n.id() != nodes[0].id())
+        .unwrap();
+    let leaving = nodes.remove(pos);
+    let leaving_id = leaving.id();
+    leaving.leave(Duration::from_secs(10)).await.unwrap();
+    let reason = tokio::time::timeout(DEADLINE, async {
+        loop {
+            if let Some(Event::MemberLeft { id, reason, .. }) = events.next().await {
+                if id == leaving_id {
+                    return reason;
+                }
+            }
+        }
+    })
+    .await
+    .expect("MemberLeft");
+    assert_eq!(reason, LeaveReason::Left);
+    let after = wait_agreement(&nodes, 3, "3 nodes after a leave").await;
+    // The leader leaves: the others elect a new one.
+    let pos = nodes.iter().position(|n| n.id() == after.leader).unwrap();
+    let leader = nodes.remove(pos);
+    leader.leave(Duration::from_secs(10)).await.unwrap();
+    let last = wait_agreement(&nodes, 1, "2 nodes after the leader left").await;
+    assert_ne!(last.leader, after.leader);
+    assert!(last.epoch > after.epoch);
+    shutdown_all(&nodes).await;
+}
