@@ -114,3 +114,77 @@ async fn graceful_leave_removes_through_the_log() {
     assert!(last.epoch > after.epoch);
     shutdown_all(&nodes).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_late_node_joins_through_any_seed_and_events_tell_the_story() {
+    init_tracing();
+    let mut nodes = start_cluster(3).await;
+    let first = wait_agreement(&nodes, 3, "3 nodes").await;
+    let follower = nodes.iter().find(|n| n.id() != first.leader).unwrap();
+    // The newcomer knows only a follower: it is redirected to the leader.
+    let seeds = vec![follower.info().addr.clone()];
+    let mut watcher = nodes[0].events();
+    let late = builder("late", &free_addrs(1)[0], &seeds)
+        .start()
+        .await
+        .unwrap();
+    let late_id = late.id();
+    let mut late_events = late.events();
+    late.wait_ready(DEADLINE).await.unwrap();
+    nodes.push(late);
+    wait_agreement(&nodes, 3, "4 nodes").await;
+    let joined = tokio::time::timeout(DEADLINE, async {
+        loop {
+            if let Some(Event::MemberJoined { id, info, .. }) = watcher.next().await {
+                if id == late_id {
+                    return info.name;
+                }
+            }
+        }
+    })
+    .await
+    .expect("MemberJoined");
+    assert_eq!(joined, "late");
+
+    // Kill the leader: the newcomer sees LeaderChanged with a higher epoch,
+    // and the new leader (alone) sees BecameLeader with that same epoch.
+    let pos = nodes.iter().position(|n| n.id() == first.leader).unwrap();
+    let mut streams: Vec<_> = nodes.iter().map(|n| (n.id(), n.events())).collect();
+    nodes.remove(pos).shutdown().await;
+    streams.retain(|(id, _)| *id != first.leader);
+    let second = wait_agreement(&nodes, 3, "3 nodes after the leader died").await;
+    let changed = tokio::time::timeout(DEADLINE, async {
+        loop {
+            if let Some(Event::LeaderChanged { leader, epoch }) = late_events.next().await {
+                if leader != first.leader {
+                    return (leader, epoch);
+                }
+            }
+        }
+    })
+    .await
+    .expect("LeaderChanged");
+    assert_eq!(changed, (second.leader, second.epoch));
+    assert!(second.epoch > first.epoch);
+    for (id, stream) in &mut streams {
+        // Drain what each node has seen so far, without waiting for more.
+        let mut became = Vec::new();
+        while let Ok(Some(event)) =
+            tokio::time::timeout(Duration::from_millis(50), stream.next()).await
+        {
+            if let Event::BecameLeader { epoch } = event {
+                became.push(epoch);
+            }
+        }
+        if *id == second.leader {
+            assert_eq!(
+                became,
+                vec![second.epoch],
+                "the new leader announces itself once"
+            );
+        } else {
+            assert!(became.is_empty(), "only the leader sees BecameLeader");
+        }
+    }
+    shutdown_all(&nodes).await;
+}
