@@ -1,0 +1,264 @@
+//! `ringleader dev`: a local cluster of child processes and a live feed.
+
+use std::collections::{BTreeMap, HashMap};
+use std::process::{ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::mpsc;
+
+/// Settings of `ringleader dev`.
+#[derive(Debug, Args)]
+pub struct DevArgs {
+    /// How many nodes to start.
+    #[arg(long, default_value_t = 3)]
+    pub nodes: u16,
+    /// Number of partitions.
+    #[arg(long, default_value_t = ringleader::config::DEFAULT_PARTITIONS)]
+    pub partitions: u32,
+    /// First peer port; node i listens on base-port + i.
+    #[arg(long, default_value_t = 7100)]
+    pub base_port: u16,
+}
+
+enum Report {
+    Line {
+        node: String,
+        line: String,
+    },
+    Exited {
+        node: String,
+        pid: u32,
+        status: String,
+    },
+}
+
+struct Feed {
+    names: HashMap<u64, String>,
+    recent: HashMap<String, Instant>,
+    started: Instant,
+}
+
+impl Feed {
+    fn name(&self, id: &Value) -> String {
+        id.as_u64()
+            .and_then(|id| self.names.get(&id).cloned())
+            .unwrap_or_else(|| id.to_string())
+    }
+
+    /// A readable line for one event, or None for a cluster-wide event
+    /// another node already reported.
+    fn render(&mut self, node: &str, event: &Value) -> Option<String> {
+        let kind = event.get("type")?.as_str()?.to_string();
+        if let Some(info) = event.get("info") {
+            if let (Some(id), Some(name)) =
+                (event.get("id").and_then(Value::as_u64), info.get("name"))
+            {
+                self.names
+                    .insert(id, name.as_str().unwrap_or("?").to_string());
+            }
+        }
+        let text = match kind.as_str() {
+            "ready" => {
+                let id = event.get("id").and_then(Value::as_u64)?;
+                self.names.insert(id, node.to_string());
+                return None;
+            }
+            "became_leader" => format!("{node} became the leader (epoch {})", event["epoch"]),
+            "leader_changed" => format!(
+                "leader is now {} (epoch {})",
+                self.name(&event["leader"]),
+                event["epoch"]
+            ),
+            "member_joined" => format!(
+                "{} joined as {}",
+                event["info"]["name"].as_str().unwrap_or("?"),
+                event["role"].as_str().unwrap_or("?")
+            ),
+            "member_left" => format!(
+                "{} left ({})",
+                event["info"]["name"].as_str().unwrap_or("?"),
+                event["reason"].as_str().unwrap_or("?")
+            ),
+            "role_changed" => format!(
+                "{} is now a {}",
+                self.name(&event["id"]),
+                event["role"].as_str().unwrap_or("?")
+            ),
+            other => format!("{node}: {other} {event}"),
+        };
+        // Cluster-wide events arrive once per node: show each once.
+        let key = match kind.as_str() {
+            "became_leader" => format!("{node}{text}"),
+            // A node that catches up from a snapshot reports every member as
+            // joined, with its current role: one line per member is enough.
+            "member_joined" => format!("joined {}", event["id"]),
+            _ => text.clone(),
+        };
+        let now = Instant::now();
+        self.recent
+            .retain(|_, t| now.duration_since(*t) < Duration::from_secs(5));
+        if self.recent.insert(key, now).is_some() {
+            return None;
+        }
+        let at = self.started.elapsed().as_secs_f64();
+        Some(format!("[{at:8.3}s] {text}"))
+    }
+}
+
+pub async fn main(args: DevArgs) -> ExitCode {
+    if args.nodes == 0 || args.nodes > 50 {
+        eprintln!("ringleader: invalid configuration: nodes: must be 1 to 50");
+        return ExitCode::from(2);
+    }
+    let Ok(exe) = std::env::current_exe() else {
+        eprintln!("ringleader: cannot find my own executable");
+        return ExitCode::from(1);
+    };
+    let addrs: Vec<String> = (0..args.nodes)
+        .map(|i| format!("127.0.0.1:{}", args.base_port.saturating_add(i)))
+        .collect();
+    let seeds = addrs.join(",");
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let mut children: BTreeMap<String, (u32, String)> = BTreeMap::new();
+    let mut handles: Vec<Child> = Vec::new();
+    for (i, addr) in addrs.iter().enumerate() {
+        let name = format!("n{}", i + 1);
+        let spawned = Command::new(&exe)
+            .args(["run", "--name", &name, "--listen", addr, "--seeds", &seeds])
+            .args(["--partitions", &args.partitions.to_string()])
+            .args(["--log", "error,openraft=off"])
+            .stdout(Stdio::piped())
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .spawn();
+        let mut child = match spawned {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("ringleader: cannot start {name}: {e}");
+                return ExitCode::from(1);
+            }
+        };
+        let pid = child.id().unwrap_or(0);
+        children.insert(name.clone(), (pid, addr.clone()));
+        if let Some(stdout) = child.stdout.take() {
+            let tx = tx.clone();
+            let name = name.clone();
+            tokio::spawn(async move {
+                let mut lines = BufReader::new(stdout).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    let _ = tx.send(Report::Line {
+                        node: name.clone(),
+                        line,
+                    });
+                }
+            });
+        }
+        handles.push(child);
+    }
+    println!(
+        "ringleader dev: starting {} nodes ({} partitions)\n",
+        args.nodes, args.partitions
+    );
+    let mut feed = Feed {
+        names: HashMap::new(),
+        recent: HashMap::new(),
+        started: Instant::now(),
+    };
+    let mut ready: BTreeMap<String, Value> = BTreeMap::new();
+    let mut table_printed = false;
+    // Watch for exits without holding the children mutably elsewhere.
+    let mut waiters = Vec::new();
+    for (child, name) in handles.into_iter().zip(children.keys().cloned()) {
+        let tx = tx.clone();
+        let pid = child.id().unwrap_or(0);
+        let mut child = child;
+        waiters.push(tokio::spawn(async move {
+            let status = tokio::select! {
+                s = child.wait() => s.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string()),
+            };
+            let _ = tx.send(Report::Exited {
+                node: name,
+                pid,
+                status,
+            });
+        }));
+    }
+    drop(tx);
+    let mut alive = children.len();
+    loop {
+        let report = tokio::select! {
+            r = rx.recv() => r,
+            _ = tokio::signal::ctrl_c() => {
+                println!("\nstopping every node ...");
+                // The children got the same Ctrl-C from the terminal when run
+                // interactively; signal them too for when we were signalled alone.
+                for (pid, _) in children.values() {
+                    let _ = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+                }
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(8);
+                while alive > 0 {
+                    match tokio::time::timeout_at(deadline, rx.recv()).await {
+                        Ok(Some(Report::Exited { .. })) => alive -= 1,
+                        Ok(Some(_)) => {}
+                        Ok(None) | Err(_) => break,
+                    }
+                }
+                for w in &waiters { w.abort(); } // kill_on_drop ends any straggler
+                println!("all nodes stopped");
+                return ExitCode::SUCCESS;
+            }
+        };
+        let Some(report) = report else { break };
+        match report {
+            Report::Exited { node, pid, status } => {
+                alive -= 1;
+                println!(
+                    "[{:8.3}s] {node} (pid {pid}) exited: {status}",
+                    feed.started.elapsed().as_secs_f64()
+                );
+                if alive == 0 {
+                    println!("every node has exited");
+                    return ExitCode::SUCCESS;
+                }
+            }
+            Report::Line { node, line } => {
+                let Ok(event) = serde_json::from_str::<Value>(&line) else {
+                    println!("{node}: {line}");
+                    continue;
+                };
+                if event["type"] == "ready" {
+                    ready.insert(node.clone(), event.clone());
+                }
+                if let Some(text) = feed.render(&node, &event) {
+                    println!("{text}");
+                }
+                if !table_printed && ready.len() == children.len() {
+                    table_printed = true;
+                    print_table(&children, &ready);
+                }
+            }
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+fn print_table(children: &BTreeMap<String, (u32, String)>, ready: &BTreeMap<String, Value>) {
+    println!(
+        "\n{:<6} {:>8}  {:<18} {:<7}",
+        "NODE", "PID", "PEER ADDRESS", "ROLE"
+    );
+    for (name, (pid, addr)) in children {
+        let role = ready
+            .get(name)
+            .and_then(|r| r["role"].as_str())
+            .unwrap_or("?");
+        println!("{name:<6} {pid:>8}  {addr:<18} {role:<7}");
+    }
+    if let Some((_, (pid, _))) = children.iter().next() {
+        println!("\nTry: kill -9 {pid}   (and watch the cluster recover)\n");
+    }
+}

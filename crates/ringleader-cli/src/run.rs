@@ -1,0 +1,260 @@
+//! `ringleader run`: one node in the foreground.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use ringleader::{Event, Node, NodeConfig, Timings};
+use serde_json::{Value, json};
+
+/// Settings of `ringleader run`. Every flag can also be given through the
+/// environment variable named in its help; ring-election's variable names
+/// (`SEED_NODES`, `NUM_PARTITIONS`, `PORT`, `HEART_BEAT_FREQUENCY`,
+/// `LOG_LEVEL`) are honoured when the flag and the `RINGLEADER_*` variable
+/// are absent.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Node name (default: generated).
+    #[arg(long, env = "RINGLEADER_NAME")]
+    pub name: Option<String>,
+    /// Peer listen address HOST:PORT (ring-election: PORT).
+    #[arg(long, env = "RINGLEADER_LISTEN")]
+    pub listen: Option<String>,
+    /// Address peers use to reach this node (default: the listen address).
+    #[arg(long, env = "RINGLEADER_ADVERTISE")]
+    pub advertise: Option<String>,
+    /// Seed peers, comma separated HOST:PORT (ring-election: SEED_NODES).
+    #[arg(long, env = "RINGLEADER_SEEDS", value_delimiter = ',')]
+    pub seeds: Option<Vec<String>>,
+    /// Number of partitions (ring-election: NUM_PARTITIONS).
+    #[arg(long, env = "RINGLEADER_PARTITIONS")]
+    pub partitions: Option<u32>,
+    /// Cluster name; peers of other clusters are refused.
+    #[arg(long, env = "RINGLEADER_CLUSTER", default_value = ringleader::config::DEFAULT_CLUSTER)]
+    pub cluster: String,
+    /// File holding the shared cluster secret (surrounding whitespace is trimmed).
+    #[arg(long, env = "RINGLEADER_SECRET_FILE")]
+    pub secret_file: Option<std::path::PathBuf>,
+    /// Target number of Raft voters: 1, 3, 5 or 7.
+    #[arg(long, env = "RINGLEADER_VOTERS", default_value_t = ringleader::config::DEFAULT_VOTERS)]
+    pub voters: usize,
+    /// Member heartbeat interval in ms (ring-election: HEART_BEAT_FREQUENCY).
+    #[arg(long, env = "RINGLEADER_HEARTBEAT_MS")]
+    pub heartbeat_ms: Option<u64>,
+    /// Session timeout in ms: a member silent this long is removed.
+    #[arg(long, env = "RINGLEADER_SESSION_TIMEOUT_MS")]
+    pub session_timeout_ms: Option<u64>,
+    /// Log format: text or json.
+    #[arg(long, env = "RINGLEADER_LOG_FORMAT", default_value = "text")]
+    pub log_format: String,
+    /// Log filter, e.g. info or ringleader=debug (ring-election: LOG_LEVEL; also RUST_LOG).
+    #[arg(long, env = "RINGLEADER_LOG")]
+    pub log: Option<String>,
+    /// How long a graceful leave may take on SIGTERM/SIGINT, in ms.
+    #[arg(long, env = "RINGLEADER_LEAVE_TIMEOUT_MS", default_value_t = 5000)]
+    pub leave_timeout_ms: u64,
+}
+
+fn legacy(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+fn parse_legacy<T: std::str::FromStr>(name: &'static str) -> anyhow::Result<Option<T>>
+where
+    T::Err: std::fmt::Display,
+{
+    match legacy(name) {
+        None => Ok(None),
+        Some(v) => v
+            .trim()
+            .parse::<T>()
+            .map(Some)
+            .map_err(|e| anyhow::anyhow!("{name}={v:?}: {e}")),
+    }
+}
+
+/// Builds the node configuration: flag > RINGLEADER_* > ring-election name > default.
+pub fn config_from(args: &RunArgs) -> anyhow::Result<NodeConfig> {
+    let mut config = NodeConfig {
+        name: args.name.clone(),
+        cluster: args.cluster.clone(),
+        voters: args.voters,
+        advertise: args.advertise.clone(),
+        ..NodeConfig::default()
+    };
+    config.listen = match (&args.listen, parse_legacy::<u16>("PORT")?) {
+        (Some(listen), _) => listen.clone(),
+        (None, Some(port)) => format!("0.0.0.0:{port}"),
+        (None, None) => "127.0.0.1:7000".to_string(),
+    };
+    if config.advertise.is_none() && config.listen.starts_with("0.0.0.0:") {
+        anyhow::bail!(
+            "listen: {} binds every interface; also give --advertise HOST:PORT so peers know where to reach this node",
+            config.listen
+        );
+    }
+    config.seeds = match &args.seeds {
+        Some(seeds) => seeds.clone(),
+        None => legacy("SEED_NODES")
+            .map(|v| v.split(',').map(|s| s.trim().to_string()).collect())
+            .unwrap_or_default(),
+    };
+    if let Some(p) = args.partitions.or(parse_legacy("NUM_PARTITIONS")?) {
+        config.num_partitions = p;
+    }
+    let mut timings = Timings::default();
+    if let Some(ms) = args.heartbeat_ms.or(parse_legacy("HEART_BEAT_FREQUENCY")?) {
+        timings.heartbeat = Duration::from_millis(ms);
+    }
+    if let Some(ms) = args.session_timeout_ms {
+        timings.session_timeout = Duration::from_millis(ms);
+    }
+    config.timings = timings;
+    if let Some(path) = &args.secret_file {
+        let raw = std::fs::read(path)
+            .with_context(|| format!("secret-file: cannot read {}", path.display()))?;
+        let trimmed = String::from_utf8_lossy(&raw).trim().as_bytes().to_vec();
+        if trimmed.is_empty() {
+            anyhow::bail!("secret-file: {} is empty", path.display());
+        }
+        config.secret = Some(ringleader::transport::handshake::Secret::new(trimmed));
+    }
+    config.validate()?;
+    Ok(config)
+}
+
+fn init_logging(args: &RunArgs) {
+    let filter = args
+        .log
+        .clone()
+        .or_else(|| legacy("RUST_LOG"))
+        .or_else(|| legacy("LOG_LEVEL"))
+        // openraft reports every unreachable peer at WARN/ERROR, which is
+        // routine when a member dies; ask for it explicitly to see it.
+        .unwrap_or_else(|| "info,openraft=error".to_string());
+    let filter = tracing_subscriber::EnvFilter::try_new(&filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if args.log_format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+/// One JSON line describing `event` as seen by `node`.
+pub fn event_line(node: &Node, event: &Event) -> String {
+    let mut value = serde_json::to_value(event).unwrap_or(Value::Null);
+    if let Value::Object(map) = &mut value {
+        map.insert("node".into(), json!(node.info().name));
+    }
+    value.to_string()
+}
+
+/// One JSON line announcing that `node` is in the cluster.
+pub fn ready_line(node: &Node) -> String {
+    let status = node.status();
+    let me = status.members.iter().find(|m| m.id == node.id());
+    json!({
+        "type": "ready",
+        "node": node.info().name,
+        "id": node.id(),
+        "pid": std::process::id(),
+        "addr": node.info().addr,
+        "role": me.map(|m| m.role),
+        "leader": status.leader,
+        "epoch": status.epoch,
+    })
+    .to_string()
+}
+
+pub async fn main(args: RunArgs) -> ExitCode {
+    if args.log_format != "text" && args.log_format != "json" {
+        eprintln!("ringleader: invalid configuration: log-format: must be text or json");
+        return ExitCode::from(2);
+    }
+    init_logging(&args);
+    let config = match config_from(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("ringleader: invalid configuration: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let node = match ringleader::NodeBuilder::from_config(config).start().await {
+        Ok(node) => node,
+        Err(e @ (ringleader::Error::Config { .. } | ringleader::Error::Bind { .. })) => {
+            eprintln!("ringleader: {e}");
+            return ExitCode::from(2);
+        }
+        Err(e) => {
+            eprintln!("ringleader: cannot start: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let mut events = node.events();
+    let printer = {
+        let node = node.clone();
+        tokio::spawn(async move {
+            let mut announced = false;
+            while let Some(event) = events.next().await {
+                println!("{}", event_line(&node, &event));
+                if !announced && node.is_joined() {
+                    announced = true;
+                    println!("{}", ready_line(&node));
+                }
+            }
+        })
+    };
+    let leave_timeout = Duration::from_millis(args.leave_timeout_ms);
+    let code = tokio::select! {
+        _ = shutdown_signal() => {
+            tracing::info!("signal received; leaving the cluster");
+            match node.leave(leave_timeout).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("ringleader: left without the cluster's acknowledgement: {e}");
+                    ExitCode::SUCCESS
+                }
+            }
+        }
+        result = wait_refused(&node) => {
+            eprintln!("ringleader: {result}");
+            node.shutdown().await;
+            ExitCode::from(2)
+        }
+    };
+    printer.abort();
+    code
+}
+
+/// Resolves only if the cluster refuses this node for good.
+async fn wait_refused(node: &Node) -> ringleader::Error {
+    loop {
+        match node.wait_ready(Duration::from_secs(3600)).await {
+            Err(e @ ringleader::Error::Refused(_)) => return e,
+            // Joined (or still trying): keep watching for a later refusal
+            // after an expulsion and rejoin.
+            _ => tokio::time::sleep(Duration::from_millis(500)).await,
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        // Without signal handlers, only an external kill stops us.
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
