@@ -27,8 +27,8 @@ async fn five_nodes_agree_and_survive_leader_and_member_loss() {
         .iter()
         .position(|n| !second.voters.contains(&n.id()))
         .expect("a non-voter");
-    let mut events = nodes[0].events();
     let dead = nodes.remove(member_pos);
+    let mut events = nodes[0].events();
     let dead_id = dead.id();
     dead.shutdown().await;
     let third = wait_agreement(&nodes, 3, "3 nodes agree after a member died").await;
