@@ -5,7 +5,7 @@
 //! with a fencing token (the epoch), and (in progress) partitions each owned
 //! by exactly one live node.
 //!
-//! Nodes form a cluster from a seed list. A small set of voters (1, 3 or 5)
+//! Nodes form a cluster from a seed list. A small set of voters (1, 3, 5 or 7)
 //! run Raft ([openraft]); every other node holds a session with the leader
 //! and follows the committed state. The leader removes a member that stays
 //! silent for the session timeout (1 s by default) through the log, so every

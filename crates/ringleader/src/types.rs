@@ -6,9 +6,10 @@ use serde::{Deserialize, Serialize};
 
 /// The identity of one node *incarnation*.
 ///
-/// A fresh random id is drawn every time a process starts a node (and again
-/// when a node that was expelled rejoins), so a restarted process is always a
-/// new member: nothing it remembers can be confused with its previous life.
+/// A fresh random id is drawn every time a process starts a node, so a
+/// restarted process is always a new member: nothing it remembers can be
+/// confused with its previous life. (A node that is expelled while it keeps
+/// running rejoins under the same id.)
 /// The human-readable name lives in [`NodeInfo::name`].
 pub type NodeId = u64;
 

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use openraft::ChangeMembers;
 use tokio::time::Instant;
 
 use super::Core;
@@ -19,9 +20,38 @@ fn raft_err(e: impl std::fmt::Display) -> Error {
     Error::Raft(e.to_string())
 }
 
+/// How long one Raft write or membership change may take before the
+/// leader gives up on it (and retries on a later tick).
+fn raft_deadline(core: &Core) -> Duration {
+    core.config.timings.session_timeout * 2
+}
+
+async fn bounded<T, E: std::fmt::Display>(
+    core: &Core,
+    what: &str,
+    fut: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, Error> {
+    match tokio::time::timeout(raft_deadline(core), fut).await {
+        Ok(result) => result.map_err(raft_err),
+        Err(_) => Err(Error::Raft(format!("{what} timed out"))),
+    }
+}
+
 async fn write(core: &Core, command: Command) -> Result<u64, Error> {
-    let response = core.raft.client_write(command).await.map_err(raft_err)?;
+    let response = bounded(core, "write", core.raft.client_write(command)).await?;
     Ok(response.log_id.index)
+}
+
+/// Makes `voters` the voter set; nodes removed from it stop being Raft
+/// members altogether.
+async fn set_voters(core: &Core, voters: BTreeSet<NodeId>) -> Result<(), Error> {
+    bounded(
+        core,
+        "membership change",
+        core.raft.change_membership(voters, false),
+    )
+    .await
+    .map(|_| ())
 }
 
 /// The leader-duty loop; idle while this node does not lead.
@@ -91,7 +121,7 @@ async fn next_whole_second() -> u32 {
 /// the cluster is stamped if new, and the epoch is committed.
 async fn take_office(core: &Arc<Core>) -> Result<u64, Error> {
     // Apply everything committed before this term so the state is current.
-    core.raft.ensure_linearizable().await.map_err(raft_err)?;
+    bounded(core, "read barrier", core.raft.ensure_linearizable()).await?;
     let state = core.sm.state();
     {
         let now = Instant::now();
@@ -172,10 +202,7 @@ pub(crate) async fn remove_member(
     let voters = core.raft_voters();
     if id != core.id && voters.contains(&id) {
         let rest: BTreeSet<NodeId> = voters.iter().copied().filter(|v| *v != id).collect();
-        core.raft
-            .change_membership(rest, false)
-            .await
-            .map_err(raft_err)?;
+        set_voters(core, rest).await?;
     }
     if core.sm.state().members.contains_key(&id) {
         write(core, Command::RemoveMember { id, reason }).await?;
@@ -197,23 +224,37 @@ pub(crate) fn desired_voters(target: usize, live: usize) -> usize {
 
 async fn reconcile_voters(core: &Arc<Core>) -> Result<(), Error> {
     let _guard = core.membership_lock.lock().await;
-    {
+    let (mut voters, learners, caught_up) = {
         let m = core.raft.metrics();
-        if m.borrow()
-            .membership_config
-            .membership()
-            .get_joint_config()
-            .len()
-            > 1
-        {
+        let m = m.borrow();
+        let membership = m.membership_config.membership();
+        if membership.get_joint_config().len() > 1 {
             return Ok(()); // a change is in flight
         }
-    }
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let learners: BTreeSet<NodeId> = membership.learner_ids().collect();
+        // A learner is ready to vote once it is within a few entries of the log.
+        let last = m.last_log_index.unwrap_or(0);
+        let caught_up: BTreeSet<NodeId> = m
+            .replication
+            .as_ref()
+            .map(|r| {
+                r.iter()
+                    .filter(|(_, matched)| matched.is_some_and(|l| l.index + 8 >= last))
+                    .map(|(id, _)| *id)
+                    .collect()
+            })
+            .unwrap_or_default();
+        (voters, learners, caught_up)
+    };
     let state = core.sm.state();
-    let mut voters = core.raft_voters();
-    // Voters that are no longer members (removed while this node was not
-    // leading, or left mid-way) leave the voter set.
-    let stale: Vec<NodeId> = voters
+    let suspects = core.suspects();
+    let is_live =
+        |id: &NodeId| *id == core.id || (state.members.contains_key(id) && !suspects.contains(id));
+
+    // 1. Voters that are no longer members (removed while this node was not
+    //    leading, or a leave cut short) leave the voter set.
+    let stale: BTreeSet<NodeId> = voters
         .iter()
         .copied()
         .filter(|v| *v != core.id && !state.members.contains_key(v))
@@ -221,22 +262,32 @@ async fn reconcile_voters(core: &Arc<Core>) -> Result<(), Error> {
     if !stale.is_empty() {
         voters.retain(|v| !stale.contains(v));
         tracing::info!(?stale, "removing voters that are no longer members");
-        core.raft
-            .change_membership(voters.clone(), false)
-            .await
-            .map_err(raft_err)?;
+        return set_voters(core, voters).await;
     }
-    let suspects = core.suspects();
-    let live: Vec<(&NodeId, &crate::state::Member)> = state
-        .members
-        .iter()
-        .filter(|(id, _)| **id == core.id || !suspects.contains(id))
-        .collect();
-    let desired = desired_voters(core.config.voters, live.len());
+
+    // 2. Learners that are not live members (promotion abandoned, or the
+    //    node died while catching up) stop receiving the log.
+    let dead_learners: BTreeSet<NodeId> =
+        learners.iter().copied().filter(|l| !is_live(l)).collect();
+    if !dead_learners.is_empty() {
+        tracing::info!(?dead_learners, "removing learners that are gone");
+        return bounded(
+            core,
+            "learner removal",
+            core.raft
+                .change_membership(ChangeMembers::RemoveNodes(dead_learners), false),
+        )
+        .await
+        .map(|_| ());
+    }
+
+    let live = state.members.keys().filter(|id| is_live(id)).count();
+    let desired = desired_voters(core.config.voters, live);
+
+    // 3. An even voter set tolerates no more failures than one voter fewer
+    //    but doubles the ways to lose quorum: drop one, a suspect first, else
+    //    the latest to join.
     if voters.len() > desired && voters.len() % 2 == 0 {
-        // An even voter set tolerates no more failures than one voter fewer
-        // but doubles the ways to lose quorum: drop one, a suspect first,
-        // else the latest to join.
         let drop = voters
             .iter()
             .copied()
@@ -248,39 +299,46 @@ async fn reconcile_voters(core: &Arc<Core>) -> Result<(), Error> {
         if let Some(drop) = drop {
             voters.remove(&drop);
             tracing::info!(demoted = drop, "keeping the voter count odd");
-            core.raft
-                .change_membership(voters, false)
-                .await
-                .map_err(raft_err)?;
+            return set_voters(core, voters).await;
         }
-        return Ok(());
     }
     if voters.len() >= desired {
         return Ok(());
     }
-    let mut candidates: Vec<(&NodeId, &crate::state::Member)> = live
-        .into_iter()
-        .filter(|(id, _)| !voters.contains(id))
+
+    // 4. Promote learners that have caught up; start new learners otherwise.
+    //    Nothing here waits for a learner, so the leader keeps expiring
+    //    sessions while a promotion is under way.
+    let needed = desired - voters.len();
+    let ready: Vec<NodeId> = learners
+        .iter()
+        .copied()
+        .filter(|l| is_live(l) && caught_up.contains(l))
+        .take(needed)
+        .collect();
+    if !ready.is_empty() {
+        tracing::info!(promoted = ?ready, "promoting members to voters");
+        voters.extend(ready);
+        return set_voters(core, voters).await;
+    }
+    let in_progress = learners.iter().filter(|l| is_live(l)).count();
+    let mut candidates: Vec<(&NodeId, &crate::state::Member)> = state
+        .members
+        .iter()
+        .filter(|(id, _)| is_live(id) && !voters.contains(id) && !learners.contains(id))
         .collect();
     candidates.sort_by_key(|(id, m)| (m.joined_index, **id));
-    let mut added = Vec::new();
-    for (id, member) in candidates.into_iter().take(desired - voters.len()) {
-        let catch_up = core.raft.add_learner(*id, member.info.clone(), true);
-        match tokio::time::timeout(core.config.timings.session_timeout * 2, catch_up).await {
-            Ok(Ok(_)) => added.push(*id),
-            Ok(Err(e)) => tracing::warn!(id, error = %e, "could not add learner"),
-            Err(_) => tracing::warn!(id, "learner did not catch up in time"),
-        }
+    for (id, member) in candidates
+        .into_iter()
+        .take(needed.saturating_sub(in_progress))
+    {
+        bounded(
+            core,
+            "add learner",
+            core.raft.add_learner(*id, member.info.clone(), false),
+        )
+        .await?;
     }
-    if added.is_empty() {
-        return Ok(());
-    }
-    voters.extend(added.iter().copied());
-    tracing::info!(?added, "promoting members to voters");
-    core.raft
-        .change_membership(voters, false)
-        .await
-        .map_err(raft_err)?;
     Ok(())
 }
 
@@ -348,19 +406,18 @@ async fn leave_as_leader(core: &Arc<Core>) -> Result<(), Error> {
             .filter(|(id, _)| **id != core.id && !suspects.contains(id))
             .min_by_key(|(id, m)| (m.joined_index, **id));
         if let Some((id, member)) = heir {
-            core.raft
-                .add_learner(*id, member.info.clone(), true)
-                .await
-                .map_err(raft_err)?;
+            bounded(
+                core,
+                "add heir",
+                core.raft.add_learner(*id, member.info.clone(), true),
+            )
+            .await?;
             rest.insert(*id);
         }
     }
     if !rest.is_empty() {
         // Once this commits, Raft steps this node down and the rest elect.
-        core.raft
-            .change_membership(rest, false)
-            .await
-            .map_err(raft_err)?;
+        set_voters(core, rest).await?;
     }
     tracing::info!(node = %core.info.name, "left the cluster (was leader)");
     Ok(())

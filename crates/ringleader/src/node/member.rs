@@ -22,6 +22,7 @@ pub(crate) async fn run(core: Arc<Core>) {
     let mut joined = false;
     let mut leader_addr: Option<String> = None;
     let mut may_elect = true;
+    let mut refused_backoff = 0u32;
     loop {
         tokio::select! {
             _ = core.shutdown.cancelled() => return,
@@ -31,7 +32,7 @@ pub(crate) async fn run(core: Arc<Core>) {
         // may never receive the final membership entry (the leader stops
         // replicating to it), and would otherwise keep raising its term and
         // disturb the leader when it is added back.
-        let is_voter = core.view.with(|s, _| s.voters.contains(&core.id));
+        let is_voter = joined && core.view.with(|s, _| s.voters.contains(&core.id));
         if is_voter != may_elect {
             core.raft.runtime_config().elect(is_voter);
             may_elect = is_voter;
@@ -41,9 +42,20 @@ pub(crate) async fn run(core: Arc<Core>) {
             if leaving {
                 continue;
             }
+            if core.is_refused() {
+                // Refused for good (e.g. another partition count): ask again
+                // only now and then, in case the cluster was recreated.
+                refused_backoff += 1;
+                if refused_backoff % 25 != 0 {
+                    continue;
+                }
+            }
             if let Some(addr) = join_round(&core).await {
                 joined = true;
                 leader_addr = Some(addr);
+                // A bootstrapping node must be able to elect itself at once.
+                core.raft.runtime_config().elect(true);
+                may_elect = true;
             }
             continue;
         }
@@ -56,6 +68,9 @@ pub(crate) async fn run(core: Arc<Core>) {
             Beat::Expelled => {
                 tracing::warn!(node = %core.info.name, "the leader no longer knows this node; rejoining");
                 joined = false;
+                // Whatever the view says, this node votes in nothing now.
+                core.raft.runtime_config().elect(false);
+                may_elect = false;
             }
         }
     }

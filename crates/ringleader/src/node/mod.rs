@@ -37,15 +37,37 @@ use crate::transport::{self, TcpTransport, Transport, WireConfig, WireStats};
 use crate::types::{NodeId, NodeInfo, Role};
 
 /// Builds and starts a [`Node`].
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct NodeBuilder {
     config: NodeConfig,
+    transport: Option<Arc<dyn Transport>>,
+}
+
+impl std::fmt::Debug for NodeBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeBuilder")
+            .field("config", &self.config)
+            .field("custom_transport", &self.transport.is_some())
+            .finish()
+    }
 }
 
 impl NodeBuilder {
     /// Starts from a complete configuration.
     pub fn from_config(config: NodeConfig) -> Self {
-        Self { config }
+        Self {
+            config,
+            transport: None,
+        }
+    }
+
+    /// Sends requests through `transport` instead of the default
+    /// [`TcpTransport`] (for tests that inject faults; the node still serves
+    /// peers on its TCP listen address). The transport must speak to the
+    /// same cluster name and secret as this node.
+    pub fn transport(mut self, transport: Arc<dyn Transport>) -> Self {
+        self.transport = Some(transport);
+        self
     }
 
     /// The node's name (default: generated).
@@ -121,7 +143,7 @@ impl NodeBuilder {
     /// node. It returns once the node serves peers; joining the cluster goes
     /// on in the background (see [`Node::wait_ready`]).
     pub async fn start(self) -> Result<Node, Error> {
-        Node::start(self.config).await
+        Node::start(self.config, self.transport).await
     }
 }
 
@@ -148,6 +170,8 @@ pub(crate) struct Core {
     pub(crate) membership_lock: tokio::sync::Mutex<()>,
     pub(crate) shutdown: CancellationToken,
     pub(crate) leaving: AtomicBool,
+    /// When a quorum of voters last acknowledged this node as leader.
+    quorum_acked_at: Mutex<Option<Instant>>,
     /// Set when the cluster refused this node for good (e.g. another P).
     refused: Mutex<Option<String>>,
     local_addr: SocketAddr,
@@ -161,6 +185,10 @@ impl Core {
         self.view.notify();
     }
 
+    pub(crate) fn is_refused(&self) -> bool {
+        self.refused().is_some()
+    }
+
     fn refused(&self) -> Option<String> {
         self.refused
             .lock()
@@ -168,11 +196,52 @@ impl Core {
             .clone()
     }
 
-    /// Whether Raft says this node leads right now.
+    /// Whether this node leads right now: Raft says so, and, when there are
+    /// other voters, a quorum acknowledged it within the minimum election
+    /// timeout. Voters refuse to elect anyone else for the maximum election
+    /// timeout after hearing from their leader, so a leader cut off from its
+    /// quorum stops acting as one before a successor can exist.
     pub(crate) fn raft_leads(&self) -> bool {
         let m = self.raft.metrics();
         let m = m.borrow();
-        m.state == ServerState::Leader && m.current_leader == Some(self.id)
+        if m.state != ServerState::Leader || m.current_leader != Some(self.id) {
+            return false;
+        }
+        let alone = m
+            .membership_config
+            .membership()
+            .voter_ids()
+            .all(|v| v == self.id);
+        if alone {
+            return true;
+        }
+        let acked = *self
+            .quorum_acked_at
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        acked.is_some_and(|at| at.elapsed() < self.config.timings.election_timeout_min)
+    }
+
+    /// Follows Raft's metrics to keep [`Core::quorum_acked_at`] current. The
+    /// metrics say how long ago the quorum acknowledged when they were
+    /// produced; subtracting that from the time we see them can only make
+    /// the acknowledgement look later than it was by our own scheduling
+    /// delay, which the gap between the minimum and maximum election
+    /// timeouts covers.
+    async fn track_quorum(core: Arc<Core>) {
+        let mut metrics = core.raft.metrics();
+        loop {
+            let since = metrics.borrow_and_update().millis_since_quorum_ack;
+            let at = since.and_then(|ms| Instant::now().checked_sub(Duration::from_millis(ms)));
+            *core
+                .quorum_acked_at
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()) = at;
+            tokio::select! {
+                _ = core.shutdown.cancelled() => return,
+                changed = metrics.changed() => if changed.is_err() { return },
+            }
+        }
     }
 
     /// The leader as far as this node knows: Raft's opinion first (voters),
@@ -249,7 +318,10 @@ impl Node {
         NodeBuilder::default()
     }
 
-    async fn start(config: NodeConfig) -> Result<Node, Error> {
+    async fn start(
+        config: NodeConfig,
+        transport: Option<Arc<dyn Transport>>,
+    ) -> Result<Node, Error> {
         config.validate()?;
         let raft_config = Arc::new(config.raft_config()?);
         let listener = TcpListener::bind(&config.listen)
@@ -287,7 +359,8 @@ impl Node {
             max_frame: config.max_frame,
             handshake_timeout: Duration::from_secs(2),
         });
-        let transport: Arc<dyn Transport> = Arc::new(TcpTransport::new(wire.clone()));
+        let transport: Arc<dyn Transport> =
+            transport.unwrap_or_else(|| Arc::new(TcpTransport::new(wire.clone())));
         let view = Arc::new(View::new(id));
         let sink_view = view.clone();
         let sm = StateMachine::new(Arc::new(move |applied| sink_view.on_applied(applied)));
@@ -313,6 +386,7 @@ impl Node {
             membership_lock: tokio::sync::Mutex::new(()),
             shutdown: CancellationToken::new(),
             leaving: AtomicBool::new(false),
+            quorum_acked_at: Mutex::new(None),
             refused: Mutex::new(None),
             local_addr,
             tasks: Mutex::new(Vec::new()),
@@ -335,6 +409,7 @@ impl Node {
             )),
             tokio::spawn(member::run(core.clone())),
             tokio::spawn(leader::run(core.clone())),
+            tokio::spawn(Core::track_quorum(core.clone())),
         ];
         *core.tasks.lock().unwrap_or_else(|e| e.into_inner()) = tasks;
         Ok(Node { core })

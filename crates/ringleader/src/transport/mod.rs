@@ -151,6 +151,10 @@ impl Transport for TcpTransport {
     }
 }
 
+/// A connection with no request for this long is closed; clients reconnect
+/// on demand (and retry a request that met a closed pooled connection).
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// The most connections one node serves at once; more are closed at accept.
 pub const MAX_CONNECTIONS: usize = 1024;
 
@@ -215,6 +219,11 @@ async fn serve_connection(
             tracing::warn!(%peer, error = %e, "peer refused at handshake");
             return;
         }
+        Ok(Err(TransportError::Closed)) => {
+            // Connected and left without a word (a port check, say).
+            tracing::debug!(%peer, "connection closed before the handshake");
+            return;
+        }
         Ok(Err(e)) => {
             stats.frames_rejected.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(%peer, error = %e, "bad handshake; connection closed");
@@ -227,7 +236,12 @@ async fn serve_connection(
         }
     }
     loop {
-        let request = match recv::<_, Request>(&mut conn).await {
+        let next = tokio::time::timeout(IDLE_TIMEOUT, recv::<_, Request>(&mut conn)).await;
+        let Ok(next) = next else {
+            tracing::debug!(%peer, "idle connection closed");
+            return;
+        };
+        let request = match next {
             Ok(Some(request)) => request,
             Ok(None) => return,
             Err(TransportError::Malformed(reason)) => {

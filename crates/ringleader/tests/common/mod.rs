@@ -136,3 +136,58 @@ pub async fn shutdown_all(nodes: &[Node]) {
         n.shutdown().await;
     }
 }
+
+/// A transport that can cut links: calls to a blocked address fail as if the
+/// network dropped them. Give each node its own and block both directions
+/// to partition nodes inside one process.
+pub struct FaultyTransport {
+    inner: ringleader::transport::TcpTransport,
+    blocked: std::sync::Mutex<BTreeSet<String>>,
+}
+
+impl FaultyTransport {
+    pub fn new() -> std::sync::Arc<Self> {
+        let wire = ringleader::transport::WireConfig {
+            cluster: ringleader::config::DEFAULT_CLUSTER.to_string(),
+            secret: None,
+            max_frame: ringleader::transport::codec::DEFAULT_MAX_FRAME,
+            handshake_timeout: Duration::from_secs(2),
+        };
+        std::sync::Arc::new(Self {
+            inner: ringleader::transport::TcpTransport::new(std::sync::Arc::new(wire)),
+            blocked: std::sync::Mutex::new(BTreeSet::new()),
+        })
+    }
+
+    pub fn block(&self, addr: &str) {
+        self.blocked.lock().unwrap().insert(addr.to_string());
+    }
+
+    pub fn heal(&self) {
+        self.blocked.lock().unwrap().clear();
+    }
+}
+
+impl ringleader::transport::Transport for FaultyTransport {
+    fn call(
+        &self,
+        addr: &str,
+        request: ringleader::protocol::Request,
+        timeout: Duration,
+    ) -> futures::future::BoxFuture<
+        '_,
+        Result<ringleader::protocol::Response, ringleader::error::TransportError>,
+    > {
+        if self.blocked.lock().unwrap().contains(addr) {
+            let addr = addr.to_string();
+            return Box::pin(async move {
+                // A cut link looks like a peer that never answers.
+                tokio::time::sleep(timeout.min(Duration::from_millis(100))).await;
+                Err(ringleader::error::TransportError::Io(format!(
+                    "{addr}: link cut by test"
+                )))
+            });
+        }
+        self.inner.call(addr, request, timeout)
+    }
+}
