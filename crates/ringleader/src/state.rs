@@ -11,6 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 
 use crate::events::Event;
+use crate::partitions::{PartitionOp, PartitionTable};
 use crate::token::make_token;
 use crate::types::{LeaveReason, NodeId, NodeInfo, Role};
 
@@ -42,6 +43,8 @@ pub enum Command {
     /// The Raft voter set changed (derived from Raft membership entries; never
     /// proposed directly).
     SetVoters(BTreeSet<NodeId>),
+    /// A change to the partition table.
+    Partitions(PartitionOp),
     /// An entry with no effect (Raft's blank entries).
     Noop,
 }
@@ -81,6 +84,8 @@ pub struct ClusterState {
     pub leader: Option<NodeId>,
     /// The current leadership epoch (a token; 0 before the first leader).
     pub epoch: u64,
+    /// The partition table (empty until `Init`).
+    pub partitions: PartitionTable,
     /// Log index of the last applied entry (meaningful once `started`).
     pub index: u64,
     /// Whether any entry has been applied (Raft's first entry has index 0).
@@ -108,6 +113,7 @@ impl ClusterState {
             Command::Init(identity) => {
                 if self.identity.is_none() {
                     self.identity = Some(identity.clone());
+                    self.partitions = PartitionTable::new(identity.num_partitions);
                 }
             }
             Command::NewEpoch { leader } => {
@@ -137,6 +143,9 @@ impl ClusterState {
                 }
             }
             Command::RemoveMember { id, reason } => {
+                // The leader removes a member only once it can no longer act
+                // on its partitions (it handed them off, or its lease ran out).
+                self.partitions.release_node(*id);
                 if let Some(member) = self.members.remove(id) {
                     events.push(Event::MemberLeft {
                         id: *id,
@@ -158,6 +167,11 @@ impl ClusterState {
                         events.push(Event::RoleChanged { id: *id, role });
                     }
                 }
+            }
+            Command::Partitions(op) => {
+                let token = make_token(self.created_secs(), index);
+                let members = self.members.keys().copied().collect();
+                self.partitions.apply(token, op, &members);
             }
             Command::Noop => {}
         }
