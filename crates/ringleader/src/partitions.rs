@@ -254,7 +254,7 @@ mod tests {
         fn grants_never_overlap_and_tokens_rise(ops in proptest::collection::vec(arb_op(), 0..60)) {
             let mut t = PartitionTable::new(5);
             let m = members(&[0, 1, 2]);
-            let mut last_token = vec![0u64; 5];
+            let mut last_token = [0u64; 5];
             for (i, op) in ops.iter().enumerate() {
                 let before = t.clone();
                 let applied = t.apply(100 + i as u64, op, &m);
