@@ -57,6 +57,7 @@ pub mod events;
 pub mod handoff;
 pub mod lease;
 pub mod node;
+pub mod ownership;
 pub mod partitioner;
 pub mod partitions;
 pub mod protocol;
