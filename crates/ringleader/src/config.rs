@@ -29,6 +29,15 @@ pub struct Timings {
     pub election_timeout_max: Duration,
     /// How long one request to a peer may take (default 500 ms).
     pub rpc_timeout: Duration,
+    /// How long an acknowledged heartbeat lets a node act on its partitions
+    /// (default 1 s; at most the session timeout). See [`crate::lease`].
+    pub lease: Duration,
+    /// How long an owner has to stop and release a partition that is being
+    /// moved before the leader takes it anyway (default 5 s; at least the lease).
+    pub revoke_timeout: Duration,
+    /// Bound on how much any two clocks' *rates* differ, in parts per
+    /// million (default 10 000 = 1 %). Clocks need not be synchronised.
+    pub clock_drift_ppm: u32,
 }
 
 impl Default for Timings {
@@ -40,6 +49,9 @@ impl Default for Timings {
             election_timeout_min: Duration::from_millis(150),
             election_timeout_max: Duration::from_millis(300),
             rpc_timeout: Duration::from_millis(500),
+            lease: Duration::from_millis(1000),
+            revoke_timeout: Duration::from_millis(5000),
+            clock_drift_ppm: 10_000,
         }
     }
 }
@@ -137,6 +149,24 @@ impl NodeConfig {
         }
         if ms(t.rpc_timeout) < 10 {
             return Err(Error::config("rpc-timeout-ms", "must be at least 10 ms"));
+        }
+        if t.lease < t.heartbeat * 2 || t.lease > t.session_timeout {
+            return Err(Error::config(
+                "lease-ms",
+                "must be at least twice the heartbeat and at most the session timeout",
+            ));
+        }
+        if t.revoke_timeout < t.lease {
+            return Err(Error::config(
+                "revoke-timeout-ms",
+                "must be at least the lease",
+            ));
+        }
+        if t.clock_drift_ppm > 100_000 {
+            return Err(Error::config(
+                "clock-drift-ppm",
+                "must be at most 100000 (10 %)",
+            ));
         }
         Ok(())
     }

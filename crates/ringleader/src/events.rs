@@ -9,6 +9,7 @@ use tokio::sync::broadcast;
 use tokio_stream::wrappers::BroadcastStream;
 use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 
+use crate::ownership::Grant;
 use crate::types::{LeaveReason, NodeId, NodeInfo, Role};
 
 /// Something that happened in the cluster, as seen by one node.
@@ -55,6 +56,27 @@ pub enum Event {
         id: NodeId,
         /// Its new role.
         role: Role,
+    },
+    /// This node may now work on these partitions. Each carries the fencing
+    /// token of its grant.
+    PartitionsAssigned {
+        /// The new grants.
+        partitions: Vec<Grant>,
+    },
+    /// The leader is moving these partitions away: stop working on them and
+    /// call [`crate::Node::release`] within `deadline_ms`; after that they
+    /// are lost anyway.
+    PartitionsRevoking {
+        /// The partitions.
+        partitions: Vec<u32>,
+        /// Milliseconds left to stop and release them.
+        deadline_ms: u64,
+    },
+    /// This node no longer holds these partitions and did not release them
+    /// (its lease ran out, or a revocation deadline passed): stop at once.
+    PartitionsLost {
+        /// The partitions.
+        partitions: Vec<u32>,
     },
     /// The application read events too slowly and `missed` of them were
     /// dropped; re-read [`crate::Node::status`] to resynchronise.

@@ -97,7 +97,7 @@ impl<T: Ord + Copy> Ownership<T> {
 
     /// The grants valid at `now`.
     pub fn valid(&self, now: T) -> Vec<Grant> {
-        if !self.lease_until.is_some_and(|u| now < u) {
+        if self.lease_until.is_none_or(|u| now >= u) {
             return Vec::new();
         }
         self.held

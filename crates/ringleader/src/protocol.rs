@@ -68,6 +68,13 @@ pub enum Request {
         /// The leaving incarnation.
         id: NodeId,
     },
+    /// The sender's application stopped working on these revoking partitions.
+    Release {
+        /// The sender.
+        id: NodeId,
+        /// The partitions it released.
+        partitions: Vec<u32>,
+    },
 }
 
 /// The answer to a [`Request`].
@@ -89,6 +96,8 @@ pub enum Response {
     Heartbeat(HeartbeatOutcome),
     /// Answer to [`Request::Leave`].
     Leave(LeaveOutcome),
+    /// Answer to [`Request::Release`]: whether this node leads and took note.
+    Released(bool),
     /// A Raft message reached a different incarnation than it was meant for.
     WrongTarget {
         /// The incarnation listening at that address now.
@@ -132,6 +141,9 @@ pub enum HeartbeatOutcome {
         update: Update,
         /// Members the leader has not heard from for a while.
         suspects: Vec<NodeId>,
+        /// For each of the sender's revoking partitions: milliseconds, from
+        /// this answer, until the leader may take it without a release.
+        revocations: Vec<(u32, u64)>,
     },
     /// Heartbeat the leader instead.
     NotLeader {
@@ -158,6 +170,8 @@ pub enum Update {
 pub enum LeaveOutcome {
     /// The node is out of the member table (committed).
     Removed,
+    /// Its partitions are being handed off; ask again.
+    InProgress,
     /// Ask the leader instead.
     NotLeader {
         /// The leader, when known.

@@ -82,6 +82,7 @@ async fn single_node_without_seeds_starts_at_once() {
 async fn graceful_leave_removes_through_the_log() {
     init_tracing();
     let mut nodes = start_cluster(4).await;
+    let _apps: Vec<_> = nodes.iter().map(auto_release).collect();
     let agreed = wait_agreement(&nodes, 3, "4 nodes agree").await;
     let mut events = nodes[0].events();
     // A member leaves: removed with reason Left.

@@ -37,7 +37,7 @@ async fn bounded<T, E: std::fmt::Display>(
     }
 }
 
-async fn write(core: &Core, command: Command) -> Result<u64, Error> {
+pub(crate) async fn write(core: &Core, command: Command) -> Result<u64, Error> {
     let response = bounded(core, "write", core.raft.client_write(command)).await?;
     Ok(response.log_id.index)
 }
@@ -66,6 +66,7 @@ pub(crate) async fn run(core: Arc<Core>) {
         tokio::select! {
             _ = core.shutdown.cancelled() => return,
             _ = tick.tick() => {}
+            _ = core.rebalance_now.notified() => {}
             changed = metrics.changed() => if changed.is_err() { return },
         }
         let term = {
@@ -80,9 +81,6 @@ pub(crate) async fn run(core: Arc<Core>) {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .clear();
-            continue;
-        }
-        if core.leaving.load(Ordering::SeqCst) {
             continue;
         }
         if in_office != Some(term) {
@@ -101,6 +99,9 @@ pub(crate) async fn run(core: Arc<Core>) {
         expire_sessions(&core).await;
         if let Err(e) = reconcile_voters(&core).await {
             tracing::warn!(error = %e, "voter reconciliation failed; will retry");
+        }
+        if let Err(e) = super::owner::rebalance(&core).await {
+            tracing::warn!(error = %e, "rebalancing failed; will retry");
         }
     }
 }
@@ -123,6 +124,7 @@ async fn take_office(core: &Arc<Core>) -> Result<u64, Error> {
     // Apply everything committed before this term so the state is current.
     bounded(core, "read barrier", core.raft.ensure_linearizable()).await?;
     let state = core.sm.state();
+    core.reset_handoff();
     {
         let now = Instant::now();
         let mut sessions = core.sessions.lock().unwrap_or_else(|e| e.into_inner());
@@ -143,7 +145,7 @@ async fn take_office(core: &Arc<Core>) -> Result<u64, Error> {
         )
         .await?;
     }
-    if !state.members.contains_key(&core.id) {
+    if !state.members.contains_key(&core.id) && !core.leaving.load(Ordering::SeqCst) {
         write(
             core,
             Command::AddMember {
@@ -371,13 +373,17 @@ pub(crate) async fn leave(core: &Arc<Core>) -> Result<(), Error> {
                 Ok(Response::Leave(LeaveOutcome::NotLeader { leader: Some(l) })) => {
                     queue.insert(0, l.addr)
                 }
+                Ok(Response::Leave(LeaveOutcome::InProgress)) => {
+                    // Our partitions are being handed off: ask again soon.
+                    break;
+                }
                 Ok(_) | Err(_) => {}
             }
         }
         if core.raft_leads() {
             return leave_as_leader(core).await;
         }
-        if attempts >= 50 {
+        if attempts >= 500 {
             return Err(Error::NoLeader("no leader accepted the leave".into()));
         }
         tokio::time::sleep(core.config.timings.heartbeat).await;
@@ -385,6 +391,17 @@ pub(crate) async fn leave(core: &Arc<Core>) -> Result<(), Error> {
 }
 
 async fn leave_as_leader(core: &Arc<Core>) -> Result<(), Error> {
+    // Hand our partitions off first, as any leaving member does.
+    while core.drain(core.id) {
+        if !core.raft_leads() {
+            return Err(Error::NoLeader("lost leadership while leaving".into()));
+        }
+        let mut changes = core.view.watch();
+        let _ = tokio::time::timeout(core.config.timings.heartbeat, changes.changed()).await;
+        if !core.raft_leads() {
+            return Box::pin(leave(core)).await;
+        }
+    }
     let _guard = core.membership_lock.lock().await;
     write(
         core,

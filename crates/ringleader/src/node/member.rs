@@ -7,10 +7,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use std::time::Duration;
+
 use futures::future::join_all;
+use tokio::time::Instant;
 
 use super::Core;
 use crate::bootstrap::{self, Decision, SeedState};
+use crate::lease;
 use crate::protocol::{HeartbeatOutcome, JoinOutcome, Request, Response};
 
 /// Most peers asked in one round of looking for the leader.
@@ -68,6 +72,7 @@ pub(crate) async fn run(core: Arc<Core>) {
             Beat::Expelled => {
                 tracing::warn!(node = %core.info.name, "the leader no longer knows this node; rejoining");
                 joined = false;
+                core.lose_everything();
                 // Whatever the view says, this node votes in nothing now.
                 core.raft.runtime_config().elect(false);
                 may_elect = false;
@@ -234,13 +239,32 @@ async fn heartbeat_round(core: &Arc<Core>, leader_addr: &mut Option<String>) -> 
             known_created,
             known_index,
         };
+        // The lease counts from before the request left (see crate::lease).
+        let sent = Instant::now();
         match core
             .transport
             .call(&addr, request, core.config.timings.rpc_timeout)
             .await
         {
-            Ok(Response::Heartbeat(HeartbeatOutcome::Ack { update, suspects })) => {
+            Ok(Response::Heartbeat(HeartbeatOutcome::Ack {
+                update,
+                suspects,
+                revocations,
+            })) => {
+                let t = &core.config.timings;
+                {
+                    let mut ownership = core.ownership.lock().unwrap_or_else(|e| e.into_inner());
+                    ownership.renew(sent + lease::holder_validity(t.lease, t.clock_drift_ppm));
+                    for (p, ms) in revocations {
+                        let left = Duration::from_millis(ms);
+                        ownership.revocation_deadline(
+                            p,
+                            sent + lease::holder_revocation(left, t.clock_drift_ppm),
+                        );
+                    }
+                }
                 core.view.on_update(update, suspects);
+                core.ownership_changed.notify_one();
                 *leader_addr = Some(addr);
                 return Beat::Renewed;
             }

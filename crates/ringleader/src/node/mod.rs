@@ -8,6 +8,7 @@
 
 mod leader;
 mod member;
+mod owner;
 mod server;
 pub mod view;
 
@@ -170,6 +171,16 @@ pub(crate) struct Core {
     pub(crate) membership_lock: tokio::sync::Mutex<()>,
     pub(crate) shutdown: CancellationToken,
     pub(crate) leaving: AtomicBool,
+    /// Key -> partition.
+    pub(crate) partitioner: crate::partitioner::Partitioner,
+    /// This node's grants.
+    pub(crate) ownership: Mutex<crate::ownership::Ownership<Instant>>,
+    /// Wakes the ownership task (lease renewed, partitions released).
+    pub(crate) ownership_changed: tokio::sync::Notify,
+    /// Leader only: handoffs in flight.
+    pub(crate) handoff: Mutex<owner::Handoff>,
+    /// Wakes the leader loop for an immediate rebalance.
+    pub(crate) rebalance_now: tokio::sync::Notify,
     /// When a quorum of voters last acknowledged this node as leader.
     quorum_acked_at: Mutex<Option<Instant>>,
     /// Set when the cluster refused this node for good (e.g. another P).
@@ -183,6 +194,25 @@ impl Core {
     pub(crate) fn set_refused(&self, reason: String) {
         *self.refused.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason);
         self.view.notify();
+    }
+
+    /// When a quorum last acknowledged this node as leader (alone: now).
+    pub(crate) fn quorum_acked_at(&self) -> Option<Instant> {
+        let alone = {
+            let m = self.raft.metrics();
+            let m = m.borrow();
+            m.membership_config
+                .membership()
+                .voter_ids()
+                .all(|v| v == self.id)
+        };
+        if alone {
+            return Some(Instant::now());
+        }
+        *self
+            .quorum_acked_at
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
     }
 
     pub(crate) fn is_refused(&self) -> bool {
@@ -324,6 +354,8 @@ impl Node {
     ) -> Result<Node, Error> {
         config.validate()?;
         let raft_config = Arc::new(config.raft_config()?);
+        let partitioner = crate::partitioner::Partitioner::new(config.num_partitions)
+            .map_err(|e| Error::config("partitions", e.to_string()))?;
         let listener = TcpListener::bind(&config.listen)
             .await
             .map_err(|e| Error::Bind {
@@ -386,6 +418,11 @@ impl Node {
             membership_lock: tokio::sync::Mutex::new(()),
             shutdown: CancellationToken::new(),
             leaving: AtomicBool::new(false),
+            partitioner,
+            ownership: Mutex::new(crate::ownership::Ownership::new(id)),
+            ownership_changed: tokio::sync::Notify::new(),
+            handoff: Mutex::new(owner::Handoff::default()),
+            rebalance_now: tokio::sync::Notify::new(),
             quorum_acked_at: Mutex::new(None),
             refused: Mutex::new(None),
             local_addr,
@@ -410,6 +447,7 @@ impl Node {
             tokio::spawn(member::run(core.clone())),
             tokio::spawn(leader::run(core.clone())),
             tokio::spawn(Core::track_quorum(core.clone())),
+            tokio::spawn(owner::run_ownership(core.clone())),
         ];
         *core.tasks.lock().unwrap_or_else(|e| e.into_inner()) = tasks;
         Ok(Node { core })
@@ -507,6 +545,87 @@ impl Node {
         })
     }
 
+    /// The partitions this node may work on right now, with their fencing
+    /// tokens. Empty while its lease is not valid.
+    pub fn owned(&self) -> Vec<crate::ownership::Grant> {
+        self.core
+            .ownership
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .valid(Instant::now())
+    }
+
+    /// Tells the leader this node's application stopped working on these
+    /// revoking partitions (the acknowledgement of
+    /// [`crate::Event::PartitionsRevoking`]), so they can move at once.
+    /// Partitions this node does not hold are ignored.
+    pub async fn release(&self, partitions: &[u32]) -> Result<(), Error> {
+        let released = self
+            .core
+            .ownership
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .release(partitions);
+        if released.is_empty() {
+            return Ok(());
+        }
+        if self.core.raft_leads() {
+            self.core.note_released(self.core.id, &released);
+            return Ok(());
+        }
+        let request = crate::protocol::Request::Release {
+            id: self.core.id,
+            partitions: released,
+        };
+        let mut targets: Vec<String> = self
+            .core
+            .leader_hint()
+            .map(|l| l.addr)
+            .into_iter()
+            .collect();
+        targets.extend(member::known_peers(&self.core));
+        for addr in targets {
+            let answer = self
+                .core
+                .transport
+                .call(&addr, request.clone(), self.core.config.timings.rpc_timeout)
+                .await;
+            if let Ok(crate::protocol::Response::Released(true)) = answer {
+                return Ok(());
+            }
+        }
+        // The leader will take them at the revocation deadline anyway.
+        Err(Error::NoLeader(
+            "no leader took the release; the partitions move at their deadline".into(),
+        ))
+    }
+
+    /// The partition `key` belongs to (same on every node; see
+    /// [`crate::partitioner`]).
+    pub fn partition_for(&self, key: &[u8]) -> u32 {
+        self.core.partitioner.partition_for(key)
+    }
+
+    /// The node that owns (or is handing off) `key`'s partition, per the
+    /// committed table.
+    pub fn owner_of(&self, key: &[u8]) -> Option<NodeId> {
+        self.owner_of_partition(self.partition_for(key))
+    }
+
+    /// The node that owns (or is handing off) partition `p`.
+    pub fn owner_of_partition(&self, p: u32) -> Option<NodeId> {
+        self.core
+            .view
+            .with(|s, _| s.partitions.slot(p).and_then(|slot| slot.owner))
+    }
+
+    /// The committed partition table and the log index it is as of.
+    pub fn assignment(&self) -> (u64, Vec<crate::partitions::Slot>) {
+        self.core
+            .view
+            .with(|s, _| (s.index, s.partitions.slots().to_vec()))
+    }
+
     /// Transport counters: refused handshakes, rejected frames, shed connections.
     pub fn wire_stats(&self) -> &WireStats {
         &self.core.wire_stats
@@ -535,6 +654,7 @@ impl Node {
         if core.shutdown.is_cancelled() {
             return;
         }
+        core.lose_everything();
         core.shutdown.cancel();
         let _ = core.raft.shutdown().await;
         let tasks = std::mem::take(&mut *core.tasks.lock().unwrap_or_else(|e| e.into_inner()));

@@ -55,6 +55,13 @@ async fn handle(core: &Arc<Core>, request: Request) -> Response {
             known_index,
         } => Response::Heartbeat(heartbeat(core, id, known_created, known_index)),
         Request::Leave { id } => Response::Leave(leave(core, id).await),
+        Request::Release { id, partitions } => {
+            if !core.raft_leads() {
+                return Response::Released(false);
+            }
+            core.note_released(id, &partitions);
+            Response::Released(true)
+        }
     }
 }
 
@@ -131,6 +138,7 @@ fn heartbeat(
     HeartbeatOutcome::Ack {
         update: core.sm.update_since(known_created, known_index),
         suspects: core.suspects().into_iter().collect(),
+        revocations: core.revocations_for(id),
     }
 }
 
@@ -139,6 +147,13 @@ async fn leave(core: &Arc<Core>, id: NodeId) -> LeaveOutcome {
         return LeaveOutcome::NotLeader {
             leader: core.leader_hint(),
         };
+    }
+    if !core.sm.state().members.contains_key(&id) {
+        return LeaveOutcome::Removed;
+    }
+    // Partitions first: the node is removed once it holds none.
+    if core.drain(id) {
+        return LeaveOutcome::InProgress;
     }
     match leader::remove_member(core, id, LeaveReason::Left).await {
         Ok(()) => LeaveOutcome::Removed,

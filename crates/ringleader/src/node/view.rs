@@ -71,6 +71,14 @@ impl View {
         self.changed.subscribe()
     }
 
+    /// Publishes node-local events (ownership changes).
+    pub fn emit(&self, events: Vec<Event>) {
+        let _inner = self.lock(); // keep order with committed-state events
+        for event in events {
+            let _ = self.events.send(event);
+        }
+    }
+
     /// Wakes [`View::watch`] subscribers without a change.
     pub fn notify(&self) {
         self.changed.send_modify(|_| {});

@@ -228,6 +228,7 @@ mod tests {
         let resp = Response::Heartbeat(HeartbeatOutcome::Ack {
             update: Update::Snapshot(Box::new(state)),
             suspects: vec![1, 2],
+            revocations: vec![(3, 4500)],
         });
         let back: Response = decode(&encode(&resp).unwrap()).unwrap();
         assert_eq!(format!("{resp:?}"), format!("{back:?}"));

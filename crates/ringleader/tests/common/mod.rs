@@ -191,3 +191,17 @@ impl ringleader::transport::Transport for FaultyTransport {
         self.inner.call(addr, request, timeout)
     }
 }
+
+/// Plays a well-behaved application on `node`: every revocation is
+/// acknowledged at once. Returns the task; abort it when done.
+pub fn auto_release(node: &Node) -> tokio::task::JoinHandle<()> {
+    let node = node.clone();
+    let mut events = node.events();
+    tokio::spawn(async move {
+        while let Some(event) = events.next().await {
+            if let ringleader::Event::PartitionsRevoking { partitions, .. } = event {
+                let _ = node.release(&partitions).await;
+            }
+        }
+    })
+}

@@ -1,0 +1,230 @@
+//! The shell around [`crate::ownership`] (this node's grants and their
+//! events) and [`crate::handoff`] (the leader's rebalancing).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::Core;
+use crate::error::Error;
+use crate::events::Event;
+use crate::handoff;
+use crate::lease;
+use crate::ownership::Change;
+use crate::partitions::{PartitionOp, SlotState};
+use crate::state::Command;
+use crate::types::NodeId;
+
+/// The leader's bookkeeping for handoffs; reset when it takes office.
+#[derive(Debug, Default)]
+pub(crate) struct Handoff {
+    /// Leader-clock instant after which each revoking partition may be
+    /// released without its owner's acknowledgement.
+    deadlines: BTreeMap<u32, Instant>,
+    /// Revoking partitions whose owner acknowledged.
+    acked: BTreeSet<u32>,
+    /// Nodes leaving gracefully: they get no new partitions.
+    pub(crate) draining: BTreeSet<NodeId>,
+}
+
+impl Handoff {
+    /// The deadline of revoking partition `p`, starting the clock now if the
+    /// leader has none yet (a later start is always safe: it only delays).
+    fn deadline(&mut self, p: u32, now: Instant, timeout: Duration) -> Instant {
+        *self.deadlines.entry(p).or_insert(now + timeout)
+    }
+}
+
+impl Core {
+    fn handoff(&self) -> std::sync::MutexGuard<'_, Handoff> {
+        self.handoff.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Forgets everything a previous term knew (leader only, on taking office).
+    pub(crate) fn reset_handoff(&self) {
+        *self.handoff() = Handoff::default();
+    }
+
+    /// For `node`'s revoking partitions, milliseconds until the leader may
+    /// take each one (leader only; answered with every heartbeat).
+    pub(crate) fn revocations_for(&self, node: NodeId) -> Vec<(u32, u64)> {
+        let state = self.sm.state();
+        let now = Instant::now();
+        let timeout = self.config.timings.revoke_timeout;
+        let mut handoff = self.handoff();
+        state
+            .partitions
+            .slots()
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.owner == Some(node) && s.state == SlotState::Revoking)
+            .map(|(p, _)| {
+                let p = u32::try_from(p).unwrap_or(u32::MAX);
+                let left = handoff
+                    .deadline(p, now, timeout)
+                    .saturating_duration_since(now);
+                (p, u64::try_from(left.as_millis()).unwrap_or(u64::MAX))
+            })
+            .collect()
+    }
+
+    /// Records that `node` released `parts` (leader only).
+    pub(crate) fn note_released(&self, node: NodeId, parts: &[u32]) {
+        let state = self.sm.state();
+        let mut handoff = self.handoff();
+        for p in parts {
+            if state
+                .partitions
+                .slot(*p)
+                .is_some_and(|s| s.owner == Some(node) && s.state == SlotState::Revoking)
+            {
+                handoff.acked.insert(*p);
+            }
+        }
+        drop(handoff);
+        self.rebalance_now.notify_one();
+    }
+
+    /// Marks `node` as leaving; returns whether it still holds partitions.
+    pub(crate) fn drain(&self, node: NodeId) -> bool {
+        self.handoff().draining.insert(node);
+        self.rebalance_now.notify_one();
+        !self.sm.state().partitions.held_by(node).is_empty()
+    }
+
+    /// Re-evaluates this node's grants and publishes what changed.
+    pub(crate) fn evaluate_ownership(&self) {
+        let now = Instant::now();
+        let changes = {
+            let mut ownership = self.ownership.lock().unwrap_or_else(|e| e.into_inner());
+            if self.raft_leads() {
+                // The leader's lease runs from its last quorum acknowledgement.
+                let since = self.quorum_acked_at().unwrap_or(now);
+                ownership.renew(
+                    since
+                        + lease::holder_validity(
+                            self.config.timings.lease,
+                            self.config.timings.clock_drift_ppm,
+                        ),
+                );
+            }
+            self.view
+                .with(|state, _| ownership.evaluate(&state.partitions, now))
+        };
+        self.publish_changes(changes, now);
+    }
+
+    pub(crate) fn publish_changes(&self, changes: Vec<Change<Instant>>, now: Instant) {
+        let events: Vec<Event> = changes
+            .into_iter()
+            .map(|c| match c {
+                Change::Assigned(partitions) => Event::PartitionsAssigned { partitions },
+                Change::Revoking(partitions, deadline) => Event::PartitionsRevoking {
+                    partitions,
+                    deadline_ms: u64::try_from(deadline.saturating_duration_since(now).as_millis())
+                        .unwrap_or(u64::MAX),
+                },
+                Change::Lost(partitions) => Event::PartitionsLost { partitions },
+            })
+            .collect();
+        if !events.is_empty() {
+            self.view.emit(events);
+        }
+    }
+
+    /// Drops every grant (expelled or stopping) and says so.
+    pub(crate) fn lose_everything(&self) {
+        let lost = self
+            .ownership
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .lose_all();
+        if !lost.is_empty() {
+            self.view
+                .emit(vec![Event::PartitionsLost { partitions: lost }]);
+        }
+    }
+}
+
+/// Keeps this node's grants current: after every change of the committed
+/// state or the lease, and when something expires.
+pub(crate) async fn run_ownership(core: Arc<Core>) {
+    let mut changes = core.view.watch();
+    loop {
+        core.evaluate_ownership();
+        let next = core
+            .ownership
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .next_deadline();
+        let wake = next.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+        tokio::select! {
+            _ = core.shutdown.cancelled() => return,
+            changed = changes.changed() => if changed.is_err() { return },
+            _ = core.ownership_changed.notified() => {}
+            _ = tokio::time::sleep_until(wake) => {}
+        }
+    }
+}
+
+/// One rebalancing step (leader only): release what was acknowledged or is
+/// past its deadline, revoke what must move, grant what is free.
+pub(crate) async fn rebalance(core: &Arc<Core>) -> Result<(), Error> {
+    let state = core.sm.state();
+    if state.partitions.is_empty() {
+        return Ok(());
+    }
+    let now = Instant::now();
+    let timeout = core.config.timings.revoke_timeout;
+    let plan = {
+        let mut handoff = core.handoff();
+        let revoking: BTreeSet<u32> = state
+            .partitions
+            .slots()
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.state == SlotState::Revoking)
+            .map(|(p, _)| u32::try_from(p).unwrap_or(u32::MAX))
+            .collect();
+        handoff.deadlines.retain(|p, _| revoking.contains(p));
+        handoff.acked.retain(|p| revoking.contains(p));
+        for p in &revoking {
+            handoff.deadline(*p, now, timeout);
+        }
+        let members: BTreeSet<NodeId> = state.members.keys().copied().collect();
+        handoff.draining.retain(|n| members.contains(n));
+        let eligible: BTreeSet<NodeId> = members.difference(&handoff.draining).copied().collect();
+        handoff::plan(
+            &state.partitions,
+            &eligible,
+            &handoff.deadlines,
+            &handoff.acked,
+            now,
+        )
+    };
+    if plan.is_empty() {
+        return Ok(());
+    }
+    tracing::debug!(
+        release = plan.release.len(),
+        revoke = plan.revoke.len(),
+        grant = plan.grant.len(),
+        "rebalancing"
+    );
+    if !plan.release.is_empty() {
+        super::leader::write(
+            core,
+            Command::Partitions(PartitionOp::Release(plan.release)),
+        )
+        .await?;
+    }
+    if !plan.revoke.is_empty() {
+        super::leader::write(core, Command::Partitions(PartitionOp::Revoke(plan.revoke))).await?;
+    }
+    if !plan.grant.is_empty() {
+        super::leader::write(core, Command::Partitions(PartitionOp::Grant(plan.grant))).await?;
+    }
+    Ok(())
+}
