@@ -203,8 +203,14 @@ pub(crate) async fn remove_member(
     let _guard = core.membership_lock.lock().await;
     let voters = core.raft_voters();
     if id != core.id && voters.contains(&id) {
-        let rest: BTreeSet<NodeId> = voters.iter().copied().filter(|v| *v != id).collect();
-        set_voters(core, rest).await?;
+        let mut next: BTreeSet<NodeId> = voters.iter().copied().filter(|v| *v != id).collect();
+        // Swap in a replacement in the same change when one is at hand: a
+        // removal alone would leave an even voter set that a second failure
+        // could stall before the replacement arrives.
+        if let Some(heir) = replacement(core, &voters, id).await {
+            next.insert(heir);
+        }
+        set_voters(core, next).await?;
     }
     if core.sm.state().members.contains_key(&id) {
         write(core, Command::RemoveMember { id, reason }).await?;
@@ -214,6 +220,36 @@ pub(crate) async fn remove_member(
         .unwrap_or_else(|e| e.into_inner())
         .remove(&id);
     Ok(())
+}
+
+/// A live non-voter member, caught up as a learner, to take `leaving`'s
+/// place among the voters; None if there is none or it cannot catch up in
+/// time.
+async fn replacement(
+    core: &Arc<Core>,
+    voters: &BTreeSet<NodeId>,
+    leaving: NodeId,
+) -> Option<NodeId> {
+    let state = core.sm.state();
+    let suspects = core.suspects();
+    let (id, info) = state
+        .members
+        .iter()
+        .filter(|(m, _)| **m != leaving && !voters.contains(m) && !suspects.contains(m))
+        .min_by_key(|(m, member)| (member.joined_index, **m))
+        .map(|(m, member)| (*m, member.info.clone()))?;
+    let catch_up = core.raft.add_learner(id, info, true);
+    match tokio::time::timeout(core.config.timings.session_timeout, catch_up).await {
+        Ok(Ok(_)) => Some(id),
+        Ok(Err(e)) => {
+            tracing::warn!(id, error = %e, "replacement voter could not be added");
+            None
+        }
+        Err(_) => {
+            tracing::warn!(id, "replacement voter did not catch up in time");
+            None
+        }
+    }
 }
 
 /// The voter count to aim for: the largest odd number no greater than the
