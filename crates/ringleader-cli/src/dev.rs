@@ -88,6 +88,18 @@ impl Feed {
                 self.name(&event["id"]),
                 event["role"].as_str().unwrap_or("?")
             ),
+            "partitions_assigned" => {
+                let parts = list(&event["partitions"], |g| g["partition"].to_string());
+                format!("{node} now owns {}", compact(&parts))
+            }
+            "partitions_revoking" => {
+                let parts = list(&event["partitions"], Value::to_string);
+                format!("{node} is handing off {}", compact(&parts))
+            }
+            "partitions_lost" => {
+                let parts = list(&event["partitions"], Value::to_string);
+                format!("{node} LOST {}", compact(&parts))
+            }
             other => format!("{node}: {other} {event}"),
         };
         // Cluster-wide events arrive once per node: show each once.
@@ -130,7 +142,7 @@ pub async fn main(args: DevArgs) -> ExitCode {
         let spawned = Command::new(&exe)
             .args(["run", "--name", &name, "--listen", addr, "--seeds", &seeds])
             .args(["--partitions", &args.partitions.to_string()])
-            .args(["--log", "error,openraft=off"])
+            .args(["--log", "error,openraft=off", "--auto-release"])
             .stdout(Stdio::piped())
             .stdin(Stdio::null())
             .kill_on_drop(true)
@@ -244,6 +256,22 @@ pub async fn main(args: DevArgs) -> ExitCode {
         }
     }
     ExitCode::SUCCESS
+}
+
+/// The items of a JSON array, rendered by `f`.
+fn list(value: &Value, f: impl Fn(&Value) -> String) -> Vec<String> {
+    value
+        .as_array()
+        .map(|a| a.iter().map(f).collect())
+        .unwrap_or_default()
+}
+
+/// "[0, 1, 2, ... 9 more]" for long lists.
+fn compact(parts: &[String]) -> String {
+    if parts.len() <= 8 {
+        return format!("[{}]", parts.join(", "));
+    }
+    format!("[{}, ... {} more]", parts[..8].join(", "), parts.len() - 8)
 }
 
 fn print_table(children: &BTreeMap<String, (u32, String)>, ready: &BTreeMap<String, Value>) {

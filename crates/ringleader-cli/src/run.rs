@@ -45,6 +45,18 @@ pub struct RunArgs {
     /// Session timeout in ms: a member silent this long is removed.
     #[arg(long, env = "RINGLEADER_SESSION_TIMEOUT_MS")]
     pub session_timeout_ms: Option<u64>,
+    /// Lease in ms: how long an acknowledged heartbeat lets this node act on
+    /// its partitions (at most the session timeout).
+    #[arg(long, env = "RINGLEADER_LEASE_MS")]
+    pub lease_ms: Option<u64>,
+    /// How long an owner has to release a partition being moved, in ms.
+    #[arg(long, env = "RINGLEADER_REVOKE_TIMEOUT_MS")]
+    pub revoke_timeout_ms: Option<u64>,
+    /// Release revoked partitions at once instead of waiting for an
+    /// application to do it (for nodes with no application attached, such
+    /// as `ringleader dev`).
+    #[arg(long, env = "RINGLEADER_AUTO_RELEASE")]
+    pub auto_release: bool,
     /// Log format: text or json.
     #[arg(long, env = "RINGLEADER_LOG_FORMAT", default_value = "text")]
     pub log_format: String,
@@ -109,6 +121,12 @@ pub fn config_from(args: &RunArgs) -> anyhow::Result<NodeConfig> {
     }
     if let Some(ms) = args.session_timeout_ms {
         timings.session_timeout = Duration::from_millis(ms);
+    }
+    if let Some(ms) = args.lease_ms {
+        timings.lease = Duration::from_millis(ms);
+    }
+    if let Some(ms) = args.revoke_timeout_ms {
+        timings.revoke_timeout = Duration::from_millis(ms);
     }
     config.timings = timings;
     if let Some(path) = &args.secret_file {
@@ -196,12 +214,19 @@ pub async fn main(args: RunArgs) -> ExitCode {
         }
     };
     let mut events = node.events();
+    let auto_release = args.auto_release;
     let printer = {
         let node = node.clone();
         tokio::spawn(async move {
             let mut announced = false;
             while let Some(event) = events.next().await {
                 println!("{}", event_line(&node, &event));
+                if let (true, Event::PartitionsRevoking { partitions, .. }) = (auto_release, &event)
+                {
+                    if let Err(e) = node.release(partitions).await {
+                        tracing::warn!(error = %e, "auto-release failed");
+                    }
+                }
                 if !announced && node.is_joined() {
                     announced = true;
                     println!("{}", ready_line(&node));

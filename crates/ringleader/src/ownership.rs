@@ -35,6 +35,11 @@ pub enum Change<T> {
     Revoking(Vec<u32>, T),
     /// Partitions no longer held that the application did not release.
     Lost(Vec<u32>),
+    /// Partitions granted to this node and revoked again before it ever
+    /// held them (both arrived together, or while its lease was not valid):
+    /// the application never started on them, so the node releases them
+    /// itself. Not an application event.
+    Unclaimed(Vec<u32>),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -198,6 +203,12 @@ impl<T: Ord + Copy> Ownership<T> {
             }
         }
 
+        let unclaimed: Vec<u32> = mine
+            .iter()
+            .filter(|(p, (state, _))| *state == SlotState::Revoking && !self.held.contains_key(p))
+            .map(|(p, _)| *p)
+            .collect();
+
         let held: BTreeSet<u32> = self.held.keys().copied().collect();
         self.deadlines
             .retain(|p, _| held.contains(p) || mine.contains_key(p));
@@ -211,6 +222,9 @@ impl<T: Ord + Copy> Ownership<T> {
         }
         if !assigned.is_empty() {
             out.push(Change::Assigned(assigned));
+        }
+        if !unclaimed.is_empty() {
+            out.push(Change::Unclaimed(unclaimed));
         }
         out
     }
@@ -283,7 +297,11 @@ mod tests {
         o.evaluate(&t, 1);
         assert_eq!(o.next_deadline(), Some(50));
         assert!(o.valid(50).is_empty());
-        assert_eq!(o.evaluate(&t, 50), vec![Change::Lost(vec![0])]);
+        // Lost to the application; and, since it has stopped, released.
+        assert_eq!(
+            o.evaluate(&t, 50),
+            vec![Change::Lost(vec![0]), Change::Unclaimed(vec![0])]
+        );
     }
 
     #[test]
@@ -362,6 +380,12 @@ mod tests {
                         Change::Lost(ps) => for p in ps {
                             prop_assert!(held.remove(&p), "lost while not held: {p}");
                             revoked.remove(&p);
+                        },
+                        Change::Unclaimed(ps) => for p in ps {
+                            prop_assert!(!held.contains(&p), "unclaimed while held: {p}");
+                            let slot = t.slot(p).unwrap();
+                            prop_assert_eq!(slot.owner, Some(ME));
+                            prop_assert_eq!(slot.state, SlotState::Revoking);
                         },
                     }
                 }

@@ -62,6 +62,9 @@ pub enum Request {
         known_created: u32,
         /// Index of the last entry the sender has applied.
         known_index: u64,
+        /// Revoking partitions the sender's application released (repeated
+        /// until the table shows them released).
+        released: Vec<u32>,
     },
     /// Ask the leader to remove a node now (graceful leave).
     Leave {

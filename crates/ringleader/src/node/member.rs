@@ -14,6 +14,7 @@ use tokio::time::Instant;
 
 use super::Core;
 use crate::bootstrap::{self, Decision, SeedState};
+use crate::error::TransportError;
 use crate::lease;
 use crate::protocol::{HeartbeatOutcome, JoinOutcome, Request, Response};
 
@@ -56,6 +57,7 @@ pub(crate) async fn run(core: Arc<Core>) {
             }
             if let Some(addr) = join_round(&core).await {
                 joined = true;
+                core.clear_refused();
                 leader_addr = Some(addr);
                 // A bootstrapping node must be able to elect itself at once.
                 core.raft.runtime_config().elect(true);
@@ -119,12 +121,13 @@ pub(crate) fn known_peers(core: &Core) -> Vec<String> {
 async fn join_round(core: &Arc<Core>) -> Option<String> {
     let seeds = bootstrap::normalize_seeds(&core.config.seeds);
     let me = me_in_seeds(core, &seeds);
-    let probes = join_all(
+    let answers = join_all(
         bootstrap::peers_to_probe(&me, &seeds)
             .into_iter()
             .map(|addr| {
                 let core = core.clone();
                 async move {
+                    let mut refusal = None;
                     let state = match core
                         .transport
                         .call(&addr, Request::Probe, core.config.timings.rpc_timeout)
@@ -134,13 +137,26 @@ async fn join_round(core: &Arc<Core>) -> Option<String> {
                             leader: info.leader.map(|l| l.addr),
                         },
                         Ok(Response::Probe(_)) => SeedState::Unclustered,
+                        Err(TransportError::Handshake(e)) => {
+                            refusal = Some(format!("seed {addr} refused the handshake: {e}"));
+                            SeedState::Unreachable
+                        }
                         _ => SeedState::Unreachable,
                     };
-                    (addr, state)
+                    ((addr, state), refusal)
                 }
             }),
     )
     .await;
+    let refusals: Vec<String> = answers.iter().filter_map(|(_, r)| r.clone()).collect();
+    let probes: Vec<(String, SeedState)> = answers.into_iter().map(|(p, _)| p).collect();
+    // Seeds that refuse our cluster name or secret, with none answering
+    // properly, mean this node is misconfigured: say so clearly.
+    if !refusals.is_empty() && probes.iter().all(|(_, s)| *s == SeedState::Unreachable) {
+        tracing::error!(reason = %refusals[0], "cannot join: check the cluster name and secret");
+        core.set_refused(refusals.join("; "));
+        return None;
+    }
     // A node that was in the cluster before (expelled, rejoining) knows
     // members beyond the seeds: try them too.
     let mut decision = bootstrap::decide(&me, &seeds, &probes);
@@ -238,6 +254,7 @@ async fn heartbeat_round(core: &Arc<Core>, leader_addr: &mut Option<String>) -> 
             id: core.id,
             known_created,
             known_index,
+            released: core.pending_releases(),
         };
         // The lease counts from before the request left (see crate::lease).
         let sent = Instant::now();

@@ -177,6 +177,9 @@ pub(crate) struct Core {
     pub(crate) ownership: Mutex<crate::ownership::Ownership<Instant>>,
     /// Wakes the ownership task (lease renewed, partitions released).
     pub(crate) ownership_changed: tokio::sync::Notify,
+    /// Partitions this node's application released that the table still
+    /// shows as revoking by this node: repeated to the leader until done.
+    pub(crate) released: Mutex<std::collections::BTreeSet<u32>>,
     /// Leader only: handoffs in flight.
     pub(crate) handoff: Mutex<owner::Handoff>,
     /// Wakes the leader loop for an immediate rebalance.
@@ -213,6 +216,31 @@ impl Core {
             .quorum_acked_at
             .lock()
             .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Raft's own view that this node leads (no quorum check): enough for
+    /// bookkeeping that a real leader would need and a deposed one forgets.
+    pub(crate) fn raft_thinks_it_leads(&self) -> bool {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        m.state == ServerState::Leader && m.current_leader == Some(self.id)
+    }
+
+    /// Released partitions not yet shown as released in the table.
+    pub(crate) fn pending_releases(&self) -> Vec<u32> {
+        let mut released = self.released.lock().unwrap_or_else(|e| e.into_inner());
+        self.view.with(|state, _| {
+            released.retain(|p| {
+                state.partitions.slot(*p).is_some_and(|s| {
+                    s.owner == Some(self.id) && s.state == crate::partitions::SlotState::Revoking
+                })
+            })
+        });
+        released.iter().copied().collect()
+    }
+
+    pub(crate) fn clear_refused(&self) {
+        *self.refused.lock().unwrap_or_else(|e| e.into_inner()) = None;
     }
 
     pub(crate) fn is_refused(&self) -> bool {
@@ -421,6 +449,7 @@ impl Node {
             partitioner,
             ownership: Mutex::new(crate::ownership::Ownership::new(id)),
             ownership_changed: tokio::sync::Notify::new(),
+            released: Mutex::new(std::collections::BTreeSet::new()),
             handoff: Mutex::new(owner::Handoff::default()),
             rebalance_now: tokio::sync::Notify::new(),
             quorum_acked_at: Mutex::new(None),
@@ -569,8 +598,11 @@ impl Node {
         if released.is_empty() {
             return Ok(());
         }
-        if self.core.raft_leads() {
-            self.core.note_released(self.core.id, &released);
+        // Remember them until the table shows them released: every
+        // heartbeat repeats them, so a leader change or a lost request
+        // cannot turn a release into a wait for the deadline.
+        self.core.queue_releases(&released);
+        if self.core.raft_thinks_it_leads() {
             return Ok(());
         }
         let request = crate::protocol::Request::Release {
@@ -594,10 +626,8 @@ impl Node {
                 return Ok(());
             }
         }
-        // The leader will take them at the revocation deadline anyway.
-        Err(Error::NoLeader(
-            "no leader took the release; the partitions move at their deadline".into(),
-        ))
+        // The next heartbeat carries the release again.
+        Ok(())
     }
 
     /// The partition `key` belongs to (same on every node; see

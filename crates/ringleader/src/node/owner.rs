@@ -119,6 +119,13 @@ impl Core {
     pub(crate) fn publish_changes(&self, changes: Vec<Change<Instant>>, now: Instant) {
         let events: Vec<Event> = changes
             .into_iter()
+            .filter_map(|c| match c {
+                Change::Unclaimed(partitions) => {
+                    self.queue_releases(&partitions);
+                    None
+                }
+                other => Some(other),
+            })
             .map(|c| match c {
                 Change::Assigned(partitions) => Event::PartitionsAssigned { partitions },
                 Change::Revoking(partitions, deadline) => Event::PartitionsRevoking {
@@ -126,11 +133,25 @@ impl Core {
                     deadline_ms: u64::try_from(deadline.saturating_duration_since(now).as_millis())
                         .unwrap_or(u64::MAX),
                 },
-                Change::Lost(partitions) => Event::PartitionsLost { partitions },
+                Change::Lost(partitions) | Change::Unclaimed(partitions) => {
+                    Event::PartitionsLost { partitions }
+                }
             })
             .collect();
         if !events.is_empty() {
             self.view.emit(events);
+        }
+    }
+
+    /// Queues releases for the leader: noted at once when this node leads,
+    /// and repeated with every heartbeat until the table shows them.
+    pub(crate) fn queue_releases(&self, partitions: &[u32]) {
+        self.released
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(partitions.iter().copied());
+        if self.raft_thinks_it_leads() {
+            self.note_released(self.id, partitions);
         }
     }
 
@@ -172,6 +193,21 @@ pub(crate) async fn run_ownership(core: Arc<Core>) {
 /// One rebalancing step (leader only): release what was acknowledged or is
 /// past its deadline, revoke what must move, grant what is free.
 pub(crate) async fn rebalance(core: &Arc<Core>) -> Result<(), Error> {
+    // Our own application's releases (kept until the table shows them).
+    let own = core.pending_releases();
+    if !own.is_empty() {
+        let state = core.sm.state();
+        let mut handoff = core.handoff();
+        for p in own {
+            if state
+                .partitions
+                .slot(p)
+                .is_some_and(|s| s.owner == Some(core.id) && s.state == SlotState::Revoking)
+            {
+                handoff.acked.insert(p);
+            }
+        }
+    }
     let state = core.sm.state();
     if state.partitions.is_empty() {
         return Ok(());

@@ -53,10 +53,17 @@ async fn handle(core: &Arc<Core>, request: Request) -> Response {
             id,
             known_created,
             known_index,
-        } => Response::Heartbeat(heartbeat(core, id, known_created, known_index)),
+            released,
+        } => {
+            let answer = heartbeat(core, id, known_created, known_index);
+            if matches!(answer, HeartbeatOutcome::Ack { .. }) && !released.is_empty() {
+                core.note_released(id, &released);
+            }
+            Response::Heartbeat(answer)
+        }
         Request::Leave { id } => Response::Leave(leave(core, id).await),
         Request::Release { id, partitions } => {
-            if !core.raft_leads() {
+            if !core.raft_thinks_it_leads() {
                 return Response::Released(false);
             }
             core.note_released(id, &partitions);
