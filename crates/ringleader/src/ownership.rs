@@ -39,7 +39,7 @@ pub enum Change<T> {
     /// held them (both arrived together, or while its lease was not valid):
     /// the application never started on them, so the node releases them
     /// itself. Not an application event.
-    Unclaimed(Vec<u32>),
+    Unclaimed(Vec<Grant>),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,16 +81,25 @@ impl<T: Ord + Copy> Ownership<T> {
         self.deadlines.insert(p, until);
     }
 
-    /// The application released `parts`; returns those it actually held.
-    pub fn release(&mut self, parts: &[u32]) -> Vec<u32> {
-        parts
-            .iter()
-            .copied()
-            .filter(|p| {
-                self.deadlines.remove(p);
-                self.held.remove(p).is_some()
-            })
-            .collect()
+    /// The application released `parts` (acknowledging their revocation);
+    /// returns those it held under a revocation, with their grant tokens.
+    /// Partitions held but not being revoked are kept: releasing is the
+    /// answer to a revocation, not a way to give work back.
+    pub fn release(&mut self, parts: &[u32]) -> Vec<Grant> {
+        let mut out = Vec::new();
+        for p in parts {
+            if let Some(h) = self.held.get(p).copied() {
+                if h.revoking_until.is_some() {
+                    self.held.remove(p);
+                    self.deadlines.remove(p);
+                    out.push(Grant {
+                        partition: *p,
+                        token: h.token,
+                    });
+                }
+            }
+        }
+        out
     }
 
     /// Drops everything (the node stops or was expelled); returns what it held.
@@ -203,10 +212,13 @@ impl<T: Ord + Copy> Ownership<T> {
             }
         }
 
-        let unclaimed: Vec<u32> = mine
+        let unclaimed: Vec<Grant> = mine
             .iter()
             .filter(|(p, (state, _))| *state == SlotState::Revoking && !self.held.contains_key(p))
-            .map(|(p, _)| *p)
+            .map(|(p, (_, token))| Grant {
+                partition: *p,
+                token: *token,
+            })
             .collect();
 
         let held: BTreeSet<u32> = self.held.keys().copied().collect();
@@ -273,7 +285,14 @@ mod tests {
         t.apply(6, &PartitionOp::Revoke(vec![0]), &m);
         o.revocation_deadline(0, 80);
         assert_eq!(o.evaluate(&t, 1), vec![Change::Revoking(vec![0], 80)]);
-        assert_eq!(o.release(&[0]), vec![0]);
+        assert_eq!(o.release(&[1]), vec![], "not being revoked: kept");
+        assert_eq!(
+            o.release(&[0]),
+            vec![Grant {
+                partition: 0,
+                token: 5
+            }]
+        );
         t.apply(7, &PartitionOp::Release(vec![0]), &m);
         assert!(o.evaluate(&t, 2).is_empty());
         assert_eq!(
@@ -300,7 +319,13 @@ mod tests {
         // Lost to the application; and, since it has stopped, released.
         assert_eq!(
             o.evaluate(&t, 50),
-            vec![Change::Lost(vec![0]), Change::Unclaimed(vec![0])]
+            vec![
+                Change::Lost(vec![0]),
+                Change::Unclaimed(vec![Grant {
+                    partition: 0,
+                    token: 5
+                }])
+            ]
         );
     }
 
@@ -362,7 +387,11 @@ mod tests {
                     Step::Revoke(p) => { t.apply(index, &PartitionOp::Revoke(vec![p]), &m); }
                     Step::Deadline(p, d) => o.revocation_deadline(p, now + d),
                     Step::Release(p) => {
-                        for r in o.release(&[p]) { held.remove(&r); revoked.remove(&r); }
+                        for r in o.release(&[p]) {
+                            prop_assert!(revoked.contains(&r.partition), "released without a revocation");
+                            held.remove(&r.partition);
+                            revoked.remove(&r.partition);
+                        }
                     }
                     Step::LeaderRelease(p) => { t.apply(index, &PartitionOp::Release(vec![p]), &m); }
                     Step::Tick(d) => now += d,
@@ -381,11 +410,12 @@ mod tests {
                             prop_assert!(held.remove(&p), "lost while not held: {p}");
                             revoked.remove(&p);
                         },
-                        Change::Unclaimed(ps) => for p in ps {
-                            prop_assert!(!held.contains(&p), "unclaimed while held: {p}");
-                            let slot = t.slot(p).unwrap();
+                        Change::Unclaimed(gs) => for g in gs {
+                            prop_assert!(!held.contains(&g.partition), "unclaimed while held");
+                            let slot = t.slot(g.partition).unwrap();
                             prop_assert_eq!(slot.owner, Some(ME));
                             prop_assert_eq!(slot.state, SlotState::Revoking);
+                            prop_assert_eq!(slot.token, g.token);
                         },
                     }
                 }

@@ -62,9 +62,11 @@ pub enum Request {
         known_created: u32,
         /// Index of the last entry the sender has applied.
         known_index: u64,
-        /// Revoking partitions the sender's application released (repeated
-        /// until the table shows them released).
-        released: Vec<u32>,
+        /// Revoking partitions the sender's application released, as
+        /// (partition, grant token), repeated until the table shows them
+        /// released. The token keeps a late repeat from acknowledging a
+        /// later grant of the same partition.
+        released: Vec<(u32, u64)>,
     },
     /// Ask the leader to remove a node now (graceful leave).
     Leave {
@@ -75,8 +77,8 @@ pub enum Request {
     Release {
         /// The sender.
         id: NodeId,
-        /// The partitions it released.
-        partitions: Vec<u32>,
+        /// The partitions it released, with their grant tokens.
+        partitions: Vec<(u32, u64)>,
     },
 }
 

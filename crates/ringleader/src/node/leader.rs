@@ -125,6 +125,10 @@ async fn take_office(core: &Arc<Core>) -> Result<u64, Error> {
     bounded(core, "read barrier", core.raft.ensure_linearizable()).await?;
     let state = core.sm.state();
     core.reset_handoff();
+    core.doomed
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clear();
     {
         let now = Instant::now();
         let mut sessions = core.sessions.lock().unwrap_or_else(|e| e.into_inner());
@@ -173,6 +177,10 @@ async fn expire_sessions(core: &Arc<Core>) {
     let members: BTreeSet<NodeId> = core.sm.state().members.keys().copied().collect();
     let now = Instant::now();
     let timeout = core.config.timings.session_timeout;
+    core.doomed
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .retain(|id| members.contains(id));
     let expired: Vec<NodeId> = session_snapshot(core, &members)
         .into_iter()
         .filter(|(id, seen)| *id != core.id && now.duration_since(*seen) > timeout)
@@ -437,6 +445,12 @@ async fn leave_as_leader(core: &Arc<Core>) -> Result<(), Error> {
         if !core.raft_leads() {
             return Box::pin(leave(core)).await;
         }
+    }
+    let _no_rebalance = core.rebalance_lock.lock().await;
+    if core.drain(core.id) {
+        // A grant landed after all: hand it off too.
+        drop(_no_rebalance);
+        return Box::pin(leave_as_leader(core)).await;
     }
     let _guard = core.membership_lock.lock().await;
     write(

@@ -179,7 +179,12 @@ pub(crate) struct Core {
     pub(crate) ownership_changed: tokio::sync::Notify,
     /// Partitions this node's application released that the table still
     /// shows as revoking by this node: repeated to the leader until done.
-    pub(crate) released: Mutex<std::collections::BTreeSet<u32>>,
+    pub(crate) released: Mutex<std::collections::BTreeSet<(u32, u64)>>,
+    /// Leader only: members whose sessions must not be renewed any more (a
+    /// new incarnation took their address); they expire normally.
+    pub(crate) doomed: Mutex<std::collections::BTreeSet<NodeId>>,
+    /// Serialises rebalancing with the check-then-remove of a leaving node.
+    pub(crate) rebalance_lock: tokio::sync::Mutex<()>,
     /// Leader only: handoffs in flight.
     pub(crate) handoff: Mutex<owner::Handoff>,
     /// Wakes the leader loop for an immediate rebalance.
@@ -227,12 +232,14 @@ impl Core {
     }
 
     /// Released partitions not yet shown as released in the table.
-    pub(crate) fn pending_releases(&self) -> Vec<u32> {
+    pub(crate) fn pending_releases(&self) -> Vec<(u32, u64)> {
         let mut released = self.released.lock().unwrap_or_else(|e| e.into_inner());
         self.view.with(|state, _| {
-            released.retain(|p| {
+            released.retain(|(p, token)| {
                 state.partitions.slot(*p).is_some_and(|s| {
-                    s.owner == Some(self.id) && s.state == crate::partitions::SlotState::Revoking
+                    s.owner == Some(self.id)
+                        && s.state == crate::partitions::SlotState::Revoking
+                        && s.token == *token
                 })
             })
         });
@@ -280,24 +287,47 @@ impl Core {
         acked.is_some_and(|at| at.elapsed() < self.config.timings.election_timeout_min)
     }
 
-    /// Follows Raft's metrics to keep [`Core::quorum_acked_at`] current. The
-    /// metrics say how long ago the quorum acknowledged when they were
-    /// produced; subtracting that from the time we see them can only make
-    /// the acknowledgement look later than it was by our own scheduling
-    /// delay, which the gap between the minimum and maximum election
-    /// timeouts covers.
+    /// Keeps [`Core::quorum_acked_at`] current while Raft says this node
+    /// leads: every few tens of milliseconds it asks Raft to confirm the
+    /// leadership with a quorum and, when that succeeds, records the instant
+    /// *before* the question was asked. The quorum answered after that
+    /// instant, so the record can only err towards an older acknowledgement,
+    /// however this process is scheduled.
     async fn track_quorum(core: Arc<Core>) {
         let mut metrics = core.raft.metrics();
+        let period = core.config.timings.raft_heartbeat;
         loop {
-            let since = metrics.borrow_and_update().millis_since_quorum_ack;
-            let at = since.and_then(|ms| Instant::now().checked_sub(Duration::from_millis(ms)));
-            *core
-                .quorum_acked_at
-                .lock()
-                .unwrap_or_else(|e| e.into_inner()) = at;
+            if !core.raft_thinks_it_leads() {
+                *core
+                    .quorum_acked_at
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner()) = None;
+                tokio::select! {
+                    _ = core.shutdown.cancelled() => return,
+                    changed = metrics.changed() => if changed.is_err() { return },
+                }
+                continue;
+            }
+            let asked = Instant::now();
+            let confirmed = tokio::time::timeout(
+                core.config.timings.election_timeout_min,
+                core.raft.ensure_linearizable(),
+            )
+            .await;
+            if let Ok(Ok(_)) = confirmed {
+                let mut at = core
+                    .quorum_acked_at
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
+                if at.is_none_or(|t| t < asked) {
+                    *at = Some(asked);
+                }
+                drop(at);
+                core.ownership_changed.notify_one();
+            }
             tokio::select! {
                 _ = core.shutdown.cancelled() => return,
-                changed = metrics.changed() => if changed.is_err() { return },
+                _ = tokio::time::sleep(period) => {}
             }
         }
     }
@@ -450,6 +480,8 @@ impl Node {
             ownership: Mutex::new(crate::ownership::Ownership::new(id)),
             ownership_changed: tokio::sync::Notify::new(),
             released: Mutex::new(std::collections::BTreeSet::new()),
+            doomed: Mutex::new(std::collections::BTreeSet::new()),
+            rebalance_lock: tokio::sync::Mutex::new(()),
             handoff: Mutex::new(owner::Handoff::default()),
             rebalance_now: tokio::sync::Notify::new(),
             quorum_acked_at: Mutex::new(None),
@@ -607,7 +639,7 @@ impl Node {
         }
         let request = crate::protocol::Request::Release {
             id: self.core.id,
-            partitions: released,
+            partitions: released.iter().map(|g| (g.partition, g.token)).collect(),
         };
         let mut targets: Vec<String> = self
             .core

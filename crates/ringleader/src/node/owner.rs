@@ -12,7 +12,7 @@ use crate::error::Error;
 use crate::events::Event;
 use crate::handoff;
 use crate::lease;
-use crate::ownership::Change;
+use crate::ownership::{Change, Grant};
 use crate::partitions::{PartitionOp, SlotState};
 use crate::state::Command;
 use crate::types::NodeId;
@@ -70,16 +70,15 @@ impl Core {
             .collect()
     }
 
-    /// Records that `node` released `parts` (leader only).
-    pub(crate) fn note_released(&self, node: NodeId, parts: &[u32]) {
+    /// Records that `node` released `parts` (partition, grant token); only
+    /// a release of the grant being revoked counts (leader only).
+    pub(crate) fn note_released(&self, node: NodeId, parts: &[(u32, u64)]) {
         let state = self.sm.state();
         let mut handoff = self.handoff();
-        for p in parts {
-            if state
-                .partitions
-                .slot(*p)
-                .is_some_and(|s| s.owner == Some(node) && s.state == SlotState::Revoking)
-            {
+        for (p, token) in parts {
+            if state.partitions.slot(*p).is_some_and(|s| {
+                s.owner == Some(node) && s.state == SlotState::Revoking && s.token == *token
+            }) {
                 handoff.acked.insert(*p);
             }
         }
@@ -97,18 +96,24 @@ impl Core {
     /// Re-evaluates this node's grants and publishes what changed.
     pub(crate) fn evaluate_ownership(&self) {
         let now = Instant::now();
+        let t = &self.config.timings;
+        let leading = if self.raft_leads() {
+            // The leader's lease runs from its last quorum acknowledgement,
+            // and its own revocations follow the deadlines it tells others.
+            self.quorum_acked_at()
+                .map(|since| (since, self.revocations_for(self.id)))
+        } else {
+            None
+        };
         let changes = {
             let mut ownership = self.ownership.lock().unwrap_or_else(|e| e.into_inner());
-            if self.raft_leads() {
-                // The leader's lease runs from its last quorum acknowledgement.
-                let since = self.quorum_acked_at().unwrap_or(now);
-                ownership.renew(
-                    since
-                        + lease::holder_validity(
-                            self.config.timings.lease,
-                            self.config.timings.clock_drift_ppm,
-                        ),
-                );
+            if let Some((since, revocations)) = leading {
+                ownership.renew(since + lease::holder_validity(t.lease, t.clock_drift_ppm));
+                for (p, ms) in revocations {
+                    let left =
+                        lease::holder_revocation(Duration::from_millis(ms), t.clock_drift_ppm);
+                    ownership.revocation_deadline(p, now + left);
+                }
             }
             self.view
                 .with(|state, _| ownership.evaluate(&state.partitions, now))
@@ -120,8 +125,8 @@ impl Core {
         let events: Vec<Event> = changes
             .into_iter()
             .filter_map(|c| match c {
-                Change::Unclaimed(partitions) => {
-                    self.queue_releases(&partitions);
+                Change::Unclaimed(grants) => {
+                    self.queue_releases(&grants);
                     None
                 }
                 other => Some(other),
@@ -133,9 +138,10 @@ impl Core {
                     deadline_ms: u64::try_from(deadline.saturating_duration_since(now).as_millis())
                         .unwrap_or(u64::MAX),
                 },
-                Change::Lost(partitions) | Change::Unclaimed(partitions) => {
-                    Event::PartitionsLost { partitions }
-                }
+                Change::Lost(partitions) => Event::PartitionsLost { partitions },
+                Change::Unclaimed(grants) => Event::PartitionsLost {
+                    partitions: grants.iter().map(|g| g.partition).collect(),
+                },
             })
             .collect();
         if !events.is_empty() {
@@ -145,13 +151,14 @@ impl Core {
 
     /// Queues releases for the leader: noted at once when this node leads,
     /// and repeated with every heartbeat until the table shows them.
-    pub(crate) fn queue_releases(&self, partitions: &[u32]) {
+    pub(crate) fn queue_releases(&self, grants: &[Grant]) {
+        let pairs: Vec<(u32, u64)> = grants.iter().map(|g| (g.partition, g.token)).collect();
         self.released
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .extend(partitions.iter().copied());
+            .extend(pairs.iter().copied());
         if self.raft_thinks_it_leads() {
-            self.note_released(self.id, partitions);
+            self.note_released(self.id, &pairs);
         }
     }
 
@@ -193,20 +200,11 @@ pub(crate) async fn run_ownership(core: Arc<Core>) {
 /// One rebalancing step (leader only): release what was acknowledged or is
 /// past its deadline, revoke what must move, grant what is free.
 pub(crate) async fn rebalance(core: &Arc<Core>) -> Result<(), Error> {
+    let _exclusive = core.rebalance_lock.lock().await;
     // Our own application's releases (kept until the table shows them).
     let own = core.pending_releases();
     if !own.is_empty() {
-        let state = core.sm.state();
-        let mut handoff = core.handoff();
-        for p in own {
-            if state
-                .partitions
-                .slot(p)
-                .is_some_and(|s| s.owner == Some(core.id) && s.state == SlotState::Revoking)
-            {
-                handoff.acked.insert(p);
-            }
-        }
+        core.note_released(core.id, &own);
     }
     let state = core.sm.state();
     if state.partitions.is_empty() {

@@ -88,25 +88,31 @@ async fn join(core: &Arc<Core>, id: NodeId, info: NodeInfo, num_partitions: u32)
         }
     }
     if state.members.contains_key(&id) {
+        if !core.session_fresh(id) {
+            // Being expired: it may rejoin once the removal is committed.
+            return JoinOutcome::NotLeader { leader: None };
+        }
         core.touch(id);
         return JoinOutcome::Admitted;
     }
-    // A new incarnation at an address an old one still holds: the old
-    // process is gone (two processes cannot listen on one address), so remove
-    // it now rather than after its session expires.
+    // A new incarnation at an address an old one holds: the old process is
+    // most likely gone, but it may have held partitions under a lease, so
+    // stop renewing it and let it expire like any silent member.
     let stale: Vec<NodeId> = state
         .members
         .iter()
-        .filter(|(other, m)| **other != id && m.info.addr == info.addr)
+        .filter(|(other, m)| **other != id && **other != core.id && m.info.addr == info.addr)
         .map(|(other, _)| *other)
         .collect();
-    for old in stale {
-        if old == core.id {
-            continue;
-        }
-        if let Err(e) = leader::remove_member(core, old, LeaveReason::Expired).await {
-            tracing::warn!(old, error = %e, "could not remove the previous incarnation");
-        }
+    if !stale.is_empty() {
+        tracing::info!(
+            ?stale,
+            "a new incarnation took over their address; they will expire"
+        );
+        core.doomed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(stale);
     }
     match leader::add_member(core, id, info).await {
         Ok(()) => JoinOutcome::Admitted,
@@ -131,6 +137,11 @@ fn heartbeat(
         };
     }
     let known = core.sm.state();
+    if known.members.contains_key(&id) && !core.session_fresh(id) {
+        // Expired (or doomed) while its removal is being committed: never
+        // renew it again, or it would hold partitions past their release.
+        return HeartbeatOutcome::UnknownMember;
+    }
     if !known.members.contains_key(&id) {
         // Our state machine may still be catching up after an election: only
         // a leader at least as far along as the member may call it unknown.
@@ -158,7 +169,9 @@ async fn leave(core: &Arc<Core>, id: NodeId) -> LeaveOutcome {
     if !core.sm.state().members.contains_key(&id) {
         return LeaveOutcome::Removed;
     }
-    // Partitions first: the node is removed once it holds none.
+    // Partitions first: the node is removed once it holds none. No grant
+    // may land between the check and the removal.
+    let _no_rebalance = core.rebalance_lock.lock().await;
     if core.drain(id) {
         return LeaveOutcome::InProgress;
     }
@@ -180,6 +193,24 @@ impl Core {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(id, Instant::now());
+    }
+
+    /// Whether `id`'s session may still be renewed (leader only): not past
+    /// the session timeout and not doomed.
+    pub(crate) fn session_fresh(&self, id: NodeId) -> bool {
+        if self
+            .doomed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&id)
+        {
+            return false;
+        }
+        let timeout = self.config.timings.session_timeout;
+        let sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        sessions
+            .get(&id)
+            .is_none_or(|seen| seen.elapsed() <= timeout)
     }
 
     /// Members not heard from for half a session timeout (leader only).

@@ -171,7 +171,7 @@ mod tests {
                 id: 1,
                 known_created: 2,
                 known_index: 3,
-                released: vec![4, 5],
+                released: vec![(4, 7), (5, 9)],
             },
             Request::Join {
                 id: u64::MAX,
