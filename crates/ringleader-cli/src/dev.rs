@@ -22,6 +22,9 @@ pub struct DevArgs {
     /// First peer port; node i listens on base-port + i.
     #[arg(long, default_value_t = 7100)]
     pub base_port: u16,
+    /// First HTTP API port; node i serves on http-base-port + i.
+    #[arg(long, default_value_t = 9100)]
+    pub http_base_port: u16,
 }
 
 enum Report {
@@ -136,11 +139,15 @@ pub async fn main(args: DevArgs) -> ExitCode {
     let seeds = addrs.join(",");
     let (tx, mut rx) = mpsc::unbounded_channel();
     let mut children: BTreeMap<String, (u32, String)> = BTreeMap::new();
+    let mut apis: BTreeMap<String, String> = BTreeMap::new();
     let mut handles: Vec<Child> = Vec::new();
     for (i, addr) in addrs.iter().enumerate() {
         let name = format!("n{}", i + 1);
+        let http = format!("127.0.0.1:{}", args.http_base_port.saturating_add(i as u16));
+        apis.insert(name.clone(), http.clone());
         let spawned = Command::new(&exe)
             .args(["run", "--name", &name, "--listen", addr, "--seeds", &seeds])
+            .args(["--http", &http])
             .args(["--partitions", &args.partitions.to_string()])
             .args(["--log", "error,openraft=off", "--auto-release"])
             .stdout(Stdio::piped())
@@ -250,7 +257,7 @@ pub async fn main(args: DevArgs) -> ExitCode {
                 }
                 if !table_printed && ready.len() == children.len() {
                     table_printed = true;
-                    print_table(&children, &ready);
+                    print_table(&children, &apis, &ready);
                 }
             }
         }
@@ -274,17 +281,25 @@ fn compact(parts: &[String]) -> String {
     format!("[{}, ... {} more]", parts[..8].join(", "), parts.len() - 8)
 }
 
-fn print_table(children: &BTreeMap<String, (u32, String)>, ready: &BTreeMap<String, Value>) {
+fn print_table(
+    children: &BTreeMap<String, (u32, String)>,
+    apis: &BTreeMap<String, String>,
+    ready: &BTreeMap<String, Value>,
+) {
     println!(
-        "\n{:<6} {:>8}  {:<18} {:<7}",
-        "NODE", "PID", "PEER ADDRESS", "ROLE"
+        "\n{:<6} {:>8}  {:<18} {:<34} {:<7}",
+        "NODE", "PID", "PEER ADDRESS", "API", "ROLE"
     );
     for (name, (pid, addr)) in children {
         let role = ready
             .get(name)
             .and_then(|r| r["role"].as_str())
             .unwrap_or("?");
-        println!("{name:<6} {pid:>8}  {addr:<18} {role:<7}");
+        let api = apis
+            .get(name)
+            .map(|a| format!("http://{a}/status"))
+            .unwrap_or_default();
+        println!("{name:<6} {pid:>8}  {addr:<18} {api:<34} {role:<7}");
     }
     if let Some((_, (pid, _))) = children.iter().next() {
         println!("\nTry: kill -9 {pid}   (and watch the cluster recover)\n");

@@ -2,6 +2,7 @@
 //! `ringleader`: run a node (`run`) or a local development cluster (`dev`).
 
 mod dev;
+mod http;
 mod run;
 
 use std::process::ExitCode;

@@ -21,6 +21,9 @@ pub struct RunArgs {
     /// Peer listen address HOST:PORT (ring-election: PORT).
     #[arg(long, env = "RINGLEADER_LISTEN")]
     pub listen: Option<String>,
+    /// HTTP API address HOST:PORT (ring-election: MONITORING_PORT).
+    #[arg(long, env = "RINGLEADER_HTTP")]
+    pub http: Option<String>,
     /// Address peers use to reach this node (default: the listen address).
     #[arg(long, env = "RINGLEADER_ADVERTISE")]
     pub advertise: Option<String>,
@@ -106,6 +109,13 @@ pub fn config_from(args: &RunArgs) -> anyhow::Result<NodeConfig> {
             config.listen
         );
     }
+    config.http_addr = Some(
+        match (&args.http, parse_legacy::<u16>("MONITORING_PORT")?) {
+            (Some(http), _) => http.clone(),
+            (None, Some(port)) => format!("0.0.0.0:{port}"),
+            (None, None) => "127.0.0.1:9000".to_string(),
+        },
+    );
     config.seeds = match &args.seeds {
         Some(seeds) => seeds.clone(),
         None => legacy("SEED_NODES")
@@ -202,6 +212,16 @@ pub async fn main(args: RunArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // Bind the API first: a port in use is a configuration error, reported
+    // before this node joins anything.
+    let http_addr = config.http_addr.clone().unwrap_or_default();
+    let http_listener = match tokio::net::TcpListener::bind(&http_addr).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("ringleader: invalid configuration: http: cannot listen on {http_addr}: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let node = match ringleader::NodeBuilder::from_config(config).start().await {
         Ok(node) => node,
         Err(e @ (ringleader::Error::Config { .. } | ringleader::Error::Bind { .. })) => {
@@ -213,6 +233,7 @@ pub async fn main(args: RunArgs) -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    let http = tokio::spawn(crate::http::serve(http_listener, node.clone()));
     let mut events = node.events();
     let auto_release = args.auto_release;
     let printer = {
@@ -253,6 +274,7 @@ pub async fn main(args: RunArgs) -> ExitCode {
         }
     };
     printer.abort();
+    http.abort();
     code
 }
 

@@ -74,13 +74,10 @@ pub(crate) async fn run(core: Arc<Core>) {
             m.current_term
         };
         if !core.raft_leads() {
-            if in_office.take().is_some() {
-                tracing::info!(node = %core.info.name, "no longer the leader");
-            }
-            core.sessions
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .clear();
+            // Sessions, doomed members and handoffs are kept while the term
+            // lasts: a momentary lapse of the quorum check must not forget
+            // an expiry whose removal may still commit. A new term starts
+            // afresh in take_office, after committing everything before it.
             continue;
         }
         if in_office != Some(term) {
@@ -188,6 +185,11 @@ async fn expire_sessions(core: &Arc<Core>) {
         .collect();
     for id in expired {
         tracing::info!(id, "session expired; removing member");
+        // Never renewed again, whatever happens to the removal below.
+        core.doomed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id);
         if let Err(e) = remove_member(core, id, LeaveReason::Expired).await {
             tracing::warn!(id, error = %e, "could not remove expired member");
         }

@@ -726,6 +726,11 @@ impl Node {
         tracing::info!(node = %core.info.name, "node stopped");
     }
 
+    /// Whether [`Node::leave`] has started.
+    pub fn is_leaving(&self) -> bool {
+        self.core.leaving.load(Ordering::SeqCst)
+    }
+
     /// Whether [`Node::shutdown`] or [`Node::leave`] has run.
     pub fn is_shut_down(&self) -> bool {
         self.core.shutdown.is_cancelled()

@@ -88,11 +88,10 @@ async fn join(core: &Arc<Core>, id: NodeId, info: NodeInfo, num_partitions: u32)
         }
     }
     if state.members.contains_key(&id) {
-        if !core.session_fresh(id) {
+        if !core.touch_if_fresh(id) {
             // Being expired: it may rejoin once the removal is committed.
             return JoinOutcome::NotLeader { leader: None };
         }
-        core.touch(id);
         return JoinOutcome::Admitted;
     }
     // A new incarnation at an address an old one holds: the old process is
@@ -137,7 +136,7 @@ fn heartbeat(
         };
     }
     let known = core.sm.state();
-    if known.members.contains_key(&id) && !core.session_fresh(id) {
+    if known.members.contains_key(&id) && !core.touch_if_fresh(id) {
         // Expired (or doomed) while its removal is being committed: never
         // renew it again, or it would hold partitions past their release.
         return HeartbeatOutcome::UnknownMember;
@@ -152,7 +151,6 @@ fn heartbeat(
         }
         return HeartbeatOutcome::UnknownMember;
     }
-    core.touch(id);
     HeartbeatOutcome::Ack {
         update: core.sm.update_since(known_created, known_index),
         suspects: core.suspects().into_iter().collect(),
@@ -195,22 +193,28 @@ impl Core {
             .insert(id, Instant::now());
     }
 
-    /// Whether `id`'s session may still be renewed (leader only): not past
-    /// the session timeout and not doomed.
-    pub(crate) fn session_fresh(&self, id: NodeId) -> bool {
-        if self
-            .doomed
+    fn is_doomed(&self, id: NodeId) -> bool {
+        self.doomed
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .contains(&id)
-        {
+    }
+
+    /// Renews `id`'s session if, and only if, it is still fresh, in one
+    /// step, so an expiry deciding in between cannot be undone (leader only).
+    pub(crate) fn touch_if_fresh(&self, id: NodeId) -> bool {
+        if self.is_doomed(id) {
             return false;
         }
         let timeout = self.config.timings.session_timeout;
-        let sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
-        sessions
-            .get(&id)
-            .is_none_or(|seen| seen.elapsed() <= timeout)
+        let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        match sessions.get_mut(&id) {
+            Some(seen) if seen.elapsed() <= timeout => {
+                *seen = Instant::now();
+                true
+            }
+            _ => false,
+        }
     }
 
     /// Members not heard from for half a session timeout (leader only).

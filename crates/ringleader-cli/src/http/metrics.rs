@@ -1,0 +1,103 @@
+//! `GET /metrics`: Prometheus text exposition, rendered at scrape time from
+//! the node's current state and counters.
+
+use axum::extract::State;
+use axum::response::Response;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use std::sync::atomic::Ordering;
+
+use super::{Api, text};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MemberLabels {
+    role: String,
+    alive: String,
+}
+
+pub async fn render(State(api): State<Api>) -> Response {
+    let node = &api.node;
+    let status = node.status();
+    let mut registry = Registry::with_prefix("ringleader");
+
+    let members = Family::<MemberLabels, Gauge>::default();
+    for m in &status.members {
+        members
+            .get_or_create(&MemberLabels {
+                role: m.role.to_string(),
+                alive: m.alive.to_string(),
+            })
+            .inc();
+    }
+    registry.register("members", "Members by role and liveness", members);
+
+    let gauge = |v: i64| {
+        let g = Gauge::<i64>::default();
+        g.set(v);
+        g
+    };
+    registry.register(
+        "is_leader",
+        "1 if this node leads",
+        gauge(i64::from(node.is_leader())),
+    );
+    // Epochs and tokens exceed 2^53; the index half is what moves.
+    registry.register(
+        "epoch_index",
+        "Log index of the current leadership epoch (the low half of the epoch token)",
+        gauge((status.epoch & u64::from(u32::MAX)) as i64),
+    );
+    registry.register(
+        "applied_index",
+        "Log index of the last applied change",
+        gauge(status.applied_index as i64),
+    );
+    registry.register(
+        "partitions_owned",
+        "Partitions this node holds valid grants for",
+        gauge(node.owned().len() as i64),
+    );
+    registry.register(
+        "partitions_total",
+        "Partitions in the cluster",
+        gauge(i64::from(node.config().num_partitions)),
+    );
+
+    let counter = |v: u64| {
+        let c = Counter::<u64>::default();
+        c.inc_by(v);
+        c
+    };
+    let wire = node.wire_stats();
+    registry.register(
+        "frames_rejected",
+        "Peer connections closed for a malformed, truncated or oversized frame",
+        counter(wire.frames_rejected.load(Ordering::Relaxed)),
+    );
+    registry.register(
+        "handshakes_refused",
+        "Peer connections refused at the handshake (cluster name, secret, version)",
+        counter(wire.handshakes_refused.load(Ordering::Relaxed)),
+    );
+    registry.register(
+        "connections_shed",
+        "Peer connections closed because too many were open",
+        counter(wire.connections_shed.load(Ordering::Relaxed)),
+    );
+
+    let mut body = String::new();
+    if encode(&mut body, &registry).is_err() {
+        return super::error(
+            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+            "could not encode metrics",
+        );
+    }
+    text(
+        body,
+        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+    )
+}

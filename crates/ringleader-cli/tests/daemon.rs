@@ -1,0 +1,279 @@
+//! The real `ringleader` binary: processes on loopback, every wait bounded.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const DEADLINE: Duration = Duration::from_secs(40);
+const BIN: &str = env!("CARGO_BIN_EXE_ringleader");
+
+/// A child process killed (by PID) when dropped.
+struct Proc {
+    child: Child,
+    http: String,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_ports(n: usize) -> Vec<u16> {
+    let ls: Vec<TcpListener> = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    ls.iter().map(|l| l.local_addr().unwrap().port()).collect()
+}
+
+/// A minimal HTTP/1.1 request; returns (status, body).
+fn http(method: &str, addr: &str, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+    )
+    .ok()?;
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).ok()?;
+    let status = raw.split(' ').nth(1)?.parse().ok()?;
+    let body = raw.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+    // Bodies here are small; undo chunked encoding if present.
+    let body = if raw
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        body.lines().skip(1).step_by(2).collect::<Vec<_>>().join("")
+    } else {
+        body
+    };
+    Some((status, body))
+}
+
+fn get_json(addr: &str, path: &str) -> Option<Value> {
+    let (status, body) = http("GET", addr, path)?;
+    if status != 200 {
+        return None;
+    }
+    serde_json::from_str(&body).ok()
+}
+
+fn wait_until<F: FnMut() -> bool>(what: &str, mut cond: F) {
+    let deadline = Instant::now() + DEADLINE;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn start(name: &str, peer: u16, http_port: u16, seeds: &str, partitions: u32) -> Proc {
+    let child = Command::new(BIN)
+        .args(["run", "--name", name])
+        .args(["--listen", &format!("127.0.0.1:{peer}")])
+        .args(["--http", &format!("127.0.0.1:{http_port}")])
+        .args([
+            "--seeds",
+            seeds,
+            "--partitions",
+            &partitions.to_string(),
+            "--auto-release",
+        ])
+        .args(["--log", "error,openraft=off"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn ringleader");
+    Proc {
+        child,
+        http: format!("127.0.0.1:{http_port}"),
+    }
+}
+
+/// Some((leader, owned total)) when every node's /status names the same
+/// leader and the same members (exactly `procs`), and their /partitions add
+/// up to every partition exactly once.
+fn agreement(procs: &[&Proc], partitions: u32) -> Option<(String, usize)> {
+    let mut leader = None;
+    let mut members = None;
+    let mut owned = std::collections::BTreeSet::new();
+    for p in procs {
+        let s = get_json(&p.http, "/status")?;
+        let l = s["leader"].as_str()?.to_string();
+        let mut m: Vec<String> = s["members"]
+            .as_array()?
+            .iter()
+            .filter_map(|m| m["id"].as_str().map(str::to_string))
+            .collect();
+        m.sort();
+        if m.len() != procs.len()
+            || *leader.get_or_insert(l.clone()) != l
+            || *members.get_or_insert(m.clone()) != m
+        {
+            return None;
+        }
+        for g in get_json(&p.http, "/partitions")?.as_array()? {
+            if !owned.insert(g["partition"].as_u64()?) {
+                return None;
+            }
+        }
+    }
+    (owned.len() == partitions as usize).then(|| (leader.unwrap_or_default(), owned.len()))
+}
+
+#[test]
+fn bad_configuration_exits_2_naming_the_setting() {
+    let out = Command::new(BIN)
+        .args(["run", "--partitions", "0", "--http", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("partitions"), "{err}");
+
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = Command::new(BIN)
+        .args(["run", "--http", &addr, "--listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("http"), "{err}");
+
+    let out = Command::new(BIN)
+        .args([
+            "run",
+            "--secret-file",
+            "/nonexistent/secret",
+            "--http",
+            "127.0.0.1:0",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("secret-file"));
+}
+
+#[test]
+fn ring_election_variables_configure_a_node() {
+    let ports = free_ports(2);
+    let child = Command::new(BIN)
+        .arg("run")
+        .env("PORT", ports[0].to_string())
+        .env("RINGLEADER_ADVERTISE", format!("127.0.0.1:{}", ports[0]))
+        .env("MONITORING_PORT", ports[1].to_string())
+        .env("SEED_NODES", format!("127.0.0.1:{}", ports[0]))
+        .env("NUM_PARTITIONS", "10")
+        .env("LOG_LEVEL", "error")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let node = Proc {
+        child,
+        http: format!("127.0.0.1:{}", ports[1]),
+    };
+    wait_until("the node serves /status with 10 partitions", || {
+        get_json(&node.http, "/status")
+            .is_some_and(|s| s["num_partitions"] == 10 && s["leader"].is_string())
+    });
+}
+
+#[test]
+fn three_daemons_agree_survive_a_leader_kill_and_leave_on_sigterm() {
+    let peers = free_ports(3);
+    let https = free_ports(3);
+    let seeds = peers
+        .iter()
+        .map(|p| format!("127.0.0.1:{p}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut procs: Vec<Proc> = (0..3)
+        .map(|i| start(&format!("d{i}"), peers[i], https[i], &seeds, 24))
+        .collect();
+
+    let mut agreed = None;
+    wait_until("3 daemons agree on leader, members and ownership", || {
+        agreed = agreement(&procs.iter().collect::<Vec<_>>(), 24);
+        agreed.is_some()
+    });
+    let (leader, _) = agreed.unwrap();
+
+    // Every node answers the key lookup the same way.
+    let answers: Vec<Value> = procs
+        .iter()
+        .map(|p| get_json(&p.http, "/v1/owner/user:42").unwrap())
+        .collect();
+    assert!(
+        answers
+            .windows(2)
+            .all(|w| w[0]["owner"] == w[1]["owner"] && w[0]["partition"] == w[1]["partition"])
+    );
+
+    // Bad HTTP input gets 4xx JSON.
+    let h = &procs[0].http;
+    for (method, path, code) in [
+        ("GET", "/nope", 404),
+        ("POST", "/status", 405),
+        ("POST", "/v1/partitions/abc/release", 400),
+        ("POST", "/v1/partitions/9999/release", 400),
+    ] {
+        let (status, body) = http(method, h, path).unwrap();
+        assert_eq!(status, code, "{method} {path}: {body}");
+        let v: Value =
+            serde_json::from_str(&body).unwrap_or_else(|_| panic!("{method} {path} body {body:?}"));
+        assert!(v["error"].is_string(), "{body}");
+    }
+    let long = format!("/v1/owner/{}", "k".repeat(5000));
+    assert_eq!(http("GET", h, &long).unwrap().0, 400);
+    assert_eq!(http("GET", h, "/livez").unwrap().0, 200);
+    assert_eq!(http("GET", h, "/readyz").unwrap().0, 200);
+    let (_, metrics) = http("GET", h, "/metrics").unwrap();
+    assert!(metrics.contains("ringleader_partitions_owned"), "{metrics}");
+
+    // kill -9 the leader: the survivors agree on a new one and own everything.
+    let pos = procs
+        .iter()
+        .position(|p| {
+            get_json(&p.http, "/status")
+                .is_some_and(|s| s["node"].as_str() == Some(leader.as_str()))
+        })
+        .unwrap();
+    let dead = procs.remove(pos);
+    drop(dead); // SIGKILL
+    wait_until("survivors agree on a new leader", || {
+        agreement(&procs.iter().collect::<Vec<_>>(), 24).is_some_and(|(l, _)| l != leader)
+    });
+
+    // SIGTERM on a member: it hands its partitions off and exits 0.
+    let mut leaving = procs.remove(0);
+    let pid = leaving.child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let code = loop {
+        if let Some(status) = leaving.child.try_wait().unwrap() {
+            break status.code();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the node did not exit after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(code, Some(0));
+    wait_until("the last node owns everything", || {
+        agreement(&procs.iter().collect::<Vec<_>>(), 24).is_some()
+    });
+}
