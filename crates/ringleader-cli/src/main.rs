@@ -3,6 +3,7 @@
 
 mod dev;
 mod http;
+mod query;
 mod run;
 
 use std::process::ExitCode;
@@ -25,25 +26,45 @@ enum Command {
     Run(Box<run::RunArgs>),
     /// Start a local cluster of child processes on loopback and watch it.
     Dev(dev::DevArgs),
+    /// Print the cluster as a node sees it.
+    Status(query::QueryArgs),
+    /// Print the partition and owner of a key.
+    Owner {
+        /// The key.
+        key: String,
+        #[command(flatten)]
+        query: query::QueryArgs,
+    },
+    /// Print the partition of a key.
+    Partition {
+        /// The key.
+        key: String,
+        #[command(flatten)]
+        query: query::QueryArgs,
+    },
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    match Cli::parse().command {
+        // The queries are one blocking request each: no runtime needed.
+        Command::Status(q) => query::status(q),
+        Command::Owner { key, query } => query::owner(query, &key, false),
+        Command::Partition { key, query } => query::owner(query, &key, true),
+        Command::Run(args) => block_on(run::main(*args)),
+        Command::Dev(args) => block_on(dev::main(args)),
+    }
+}
+
+fn block_on(job: impl std::future::Future<Output = ExitCode>) -> ExitCode {
+    match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
     {
-        Ok(rt) => rt,
+        Ok(runtime) => runtime.block_on(job),
         Err(e) => {
             eprintln!("ringleader: cannot start the async runtime: {e}");
-            return ExitCode::from(1);
+            ExitCode::from(1)
         }
-    };
-    runtime.block_on(async {
-        match cli.command {
-            Command::Run(args) => run::main(*args).await,
-            Command::Dev(args) => dev::main(args).await,
-        }
-    })
+    }
 }
