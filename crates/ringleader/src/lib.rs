@@ -2,8 +2,8 @@
 #![deny(missing_docs)]
 //! ringleader lets many copies of one service split their work safely, with
 //! no external coordinator: membership and failure detection, leader election
-//! with a fencing token (the epoch), and (in progress) partitions each owned
-//! by exactly one live node.
+//! with a fencing token (the epoch), and partitions each owned by exactly one
+//! live node, with a fencing token per grant (see `docs/guarantees.md`).
 //!
 //! Nodes form a cluster from a seed list. A small set of voters (1, 3, 5 or 7)
 //! run Raft ([openraft]); every other node holds a session with the leader
