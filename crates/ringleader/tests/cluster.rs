@@ -5,7 +5,22 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use ringleader::{Event, LeaveReason};
+use ringleader::{Event, EventStream, LeaveReason};
+
+/// Waits (bounded) for the MemberLeft event of `who` and returns its reason.
+async fn member_left(events: &mut EventStream, who: u64) -> LeaveReason {
+    tokio::time::timeout(DEADLINE, async {
+        loop {
+            if let Some(Event::MemberLeft { id, reason, .. }) = events.next().await {
+                if id == who {
+                    return reason;
+                }
+            }
+        }
+    })
+    .await
+    .expect("MemberLeft event")
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn five_nodes_agree_and_survive_leader_and_member_loss() {
@@ -33,18 +48,10 @@ async fn five_nodes_agree_and_survive_leader_and_member_loss() {
     dead.shutdown().await;
     let third = wait_agreement(&nodes, 3, "3 nodes agree after a member died").await;
     assert_eq!(third.leader, second.leader);
-    let left = tokio::time::timeout(DEADLINE, async {
-        loop {
-            if let Some(Event::MemberLeft { id, reason, .. }) = events.next().await {
-                if id == dead_id {
-                    return reason;
-                }
-            }
-        }
-    })
-    .await
-    .expect("MemberLeft event");
-    assert_eq!(left, LeaveReason::Expired);
+    assert_eq!(
+        member_left(&mut events, dead_id).await,
+        LeaveReason::Expired
+    );
 
     // Add a node: it is admitted.
     let seeds: Vec<String> = nodes.iter().map(|n| n.info().addr.clone()).collect();
@@ -93,17 +100,7 @@ async fn graceful_leave_removes_through_the_log() {
     let leaving = nodes.remove(pos);
     let leaving_id = leaving.id();
     leaving.leave(Duration::from_secs(10)).await.unwrap();
-    let reason = tokio::time::timeout(DEADLINE, async {
-        loop {
-            if let Some(Event::MemberLeft { id, reason, .. }) = events.next().await {
-                if id == leaving_id {
-                    return reason;
-                }
-            }
-        }
-    })
-    .await
-    .expect("MemberLeft");
+    let reason = member_left(&mut events, leaving_id).await;
     assert_eq!(reason, LeaveReason::Left);
     let after = wait_agreement(&nodes, 3, "3 nodes after a leave").await;
     // The leader leaves: the others elect a new one.
