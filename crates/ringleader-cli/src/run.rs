@@ -34,14 +34,14 @@ pub struct RunArgs {
     #[arg(long, env = "RINGLEADER_PARTITIONS")]
     pub partitions: Option<u32>,
     /// Cluster name; peers of other clusters are refused.
-    #[arg(long, env = "RINGLEADER_CLUSTER", default_value = ringleader::config::DEFAULT_CLUSTER)]
-    pub cluster: String,
+    #[arg(long, env = "RINGLEADER_CLUSTER")]
+    pub cluster: Option<String>,
     /// File holding the shared cluster secret (surrounding whitespace is trimmed).
     #[arg(long, env = "RINGLEADER_SECRET_FILE")]
     pub secret_file: Option<std::path::PathBuf>,
     /// Target number of Raft voters: 1, 3, 5 or 7.
-    #[arg(long, env = "RINGLEADER_VOTERS", default_value_t = ringleader::config::DEFAULT_VOTERS)]
-    pub voters: usize,
+    #[arg(long, env = "RINGLEADER_VOTERS")]
+    pub voters: Option<usize>,
     /// Member heartbeat interval in ms (ring-election: HEART_BEAT_FREQUENCY).
     #[arg(long, env = "RINGLEADER_HEARTBEAT_MS")]
     pub heartbeat_ms: Option<u64>,
@@ -61,14 +61,88 @@ pub struct RunArgs {
     #[arg(long, env = "RINGLEADER_AUTO_RELEASE")]
     pub auto_release: bool,
     /// Log format: text or json.
-    #[arg(long, env = "RINGLEADER_LOG_FORMAT", default_value = "text")]
-    pub log_format: String,
+    #[arg(long, env = "RINGLEADER_LOG_FORMAT")]
+    pub log_format: Option<String>,
     /// Log filter, e.g. info or ringleader=debug (ring-election: LOG_LEVEL; also RUST_LOG).
     #[arg(long, env = "RINGLEADER_LOG")]
     pub log: Option<String>,
     /// How long a graceful leave may take on SIGTERM/SIGINT, in ms.
-    #[arg(long, env = "RINGLEADER_LEAVE_TIMEOUT_MS", default_value_t = 5000)]
-    pub leave_timeout_ms: u64,
+    #[arg(long, env = "RINGLEADER_LEAVE_TIMEOUT_MS")]
+    pub leave_timeout_ms: Option<u64>,
+    /// A TOML file with any of these settings (keys as the flags, e.g.
+    /// `seeds = ["h1:7000", "h2:7000"]`, `session-timeout-ms = 1000`).
+    /// Precedence: flag > environment > file > default.
+    #[arg(long, env = "RINGLEADER_CONFIG")]
+    pub config: Option<std::path::PathBuf>,
+}
+
+/// The settings a `--config` TOML file may hold.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct FileConfig {
+    name: Option<String>,
+    listen: Option<String>,
+    http: Option<String>,
+    advertise: Option<String>,
+    seeds: Option<Vec<String>>,
+    partitions: Option<u32>,
+    cluster: Option<String>,
+    secret_file: Option<std::path::PathBuf>,
+    voters: Option<usize>,
+    heartbeat_ms: Option<u64>,
+    session_timeout_ms: Option<u64>,
+    lease_ms: Option<u64>,
+    revoke_timeout_ms: Option<u64>,
+    auto_release: Option<bool>,
+    log_format: Option<String>,
+    log: Option<String>,
+    leave_timeout_ms: Option<u64>,
+}
+
+/// Reads `--config`, if given.
+fn read_file(args: &RunArgs) -> anyhow::Result<FileConfig> {
+    let Some(path) = &args.config else {
+        return Ok(FileConfig::default());
+    };
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("config: cannot read {}", path.display()))?;
+    toml::from_str(&text).map_err(|e| anyhow::anyhow!("config: {}: {e}", path.display()))
+}
+
+/// Fills every setting that no flag and no environment variable (ours or
+/// ring-election's) gave, from the file: flag > environment > file > default.
+fn with_file(mut args: RunArgs, file: FileConfig) -> RunArgs {
+    // (field, the ring-election or standard variable that outranks the file)
+    macro_rules! fill {
+        ($($f:ident $(/ $env:literal)*),* $(,)?) => {
+            $(
+                let outranked = false $(|| legacy($env).is_some())*;
+                if args.$f.is_none() && !outranked {
+                    args.$f = file.$f;
+                }
+            )*
+        };
+    }
+    fill!(
+        name,
+        listen / "PORT",
+        http / "MONITORING_PORT",
+        advertise,
+        seeds / "SEED_NODES",
+        partitions / "NUM_PARTITIONS",
+        cluster,
+        secret_file,
+        voters,
+        heartbeat_ms / "HEART_BEAT_FREQUENCY",
+        session_timeout_ms / "HEART_BEAT_CHECK_FREQUENCY",
+        lease_ms,
+        revoke_timeout_ms,
+        log_format,
+        log / "RUST_LOG" / "LOG_LEVEL",
+        leave_timeout_ms,
+    );
+    args.auto_release = args.auto_release || file.auto_release.unwrap_or(false);
+    args
 }
 
 fn legacy(name: &str) -> Option<String> {
@@ -93,11 +167,15 @@ where
 pub fn config_from(args: &RunArgs) -> anyhow::Result<NodeConfig> {
     let mut config = NodeConfig {
         name: args.name.clone(),
-        cluster: args.cluster.clone(),
-        voters: args.voters,
         advertise: args.advertise.clone(),
         ..NodeConfig::default()
     };
+    if let Some(cluster) = &args.cluster {
+        config.cluster = cluster.clone();
+    }
+    if let Some(voters) = args.voters {
+        config.voters = voters;
+    }
     config.listen = match (&args.listen, parse_legacy::<u16>("PORT")?) {
         (Some(listen), _) => listen.clone(),
         (None, Some(port)) => format!("0.0.0.0:{port}"),
@@ -129,8 +207,13 @@ pub fn config_from(args: &RunArgs) -> anyhow::Result<NodeConfig> {
     if let Some(ms) = args.heartbeat_ms.or(parse_legacy("HEART_BEAT_FREQUENCY")?) {
         timings.heartbeat = Duration::from_millis(ms);
     }
-    if let Some(ms) = args.session_timeout_ms {
+    // ring-election's heart check is its failure detector: our session timeout.
+    if let Some(ms) = args
+        .session_timeout_ms
+        .or(parse_legacy("HEART_BEAT_CHECK_FREQUENCY")?)
+    {
         timings.session_timeout = Duration::from_millis(ms);
+        timings.lease = timings.lease.min(timings.session_timeout);
     }
     if let Some(ms) = args.lease_ms {
         timings.lease = Duration::from_millis(ms);
@@ -166,7 +249,7 @@ fn init_logging(args: &RunArgs) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
-    if args.log_format == "json" {
+    if args.log_format.as_deref() == Some("json") {
         builder.json().init();
     } else {
         builder.init();
@@ -200,11 +283,25 @@ pub fn ready_line(node: &Node) -> String {
 }
 
 pub async fn main(args: RunArgs) -> ExitCode {
-    if args.log_format != "text" && args.log_format != "json" {
+    let file = match read_file(&args) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("ringleader: invalid configuration: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let args = with_file(args, file);
+    if !matches!(
+        args.log_format.as_deref(),
+        None | Some("text") | Some("json")
+    ) {
         eprintln!("ringleader: invalid configuration: log-format: must be text or json");
         return ExitCode::from(2);
     }
     init_logging(&args);
+    if legacy("TIME_TO_RECONNECT").is_some() {
+        tracing::info!("TIME_TO_RECONNECT is not needed: members find a new leader by themselves");
+    }
     let config = match config_from(&args) {
         Ok(c) => c,
         Err(e) => {
@@ -255,7 +352,7 @@ pub async fn main(args: RunArgs) -> ExitCode {
             }
         })
     };
-    let leave_timeout = Duration::from_millis(args.leave_timeout_ms);
+    let leave_timeout = Duration::from_millis(args.leave_timeout_ms.unwrap_or(5000));
     let code = tokio::select! {
         _ = shutdown_signal() => {
             tracing::info!("signal received; leaving the cluster");

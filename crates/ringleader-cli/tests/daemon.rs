@@ -411,3 +411,54 @@ fn status_and_owner_commands_read_a_node() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
 }
+
+#[test]
+fn a_toml_file_configures_a_node_below_flags_and_environment() {
+    let ports = free_ports(2);
+    let dir = std::env::temp_dir().join(format!("ringleader-config-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("node.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "name = \"from-file\"\nlisten = \"127.0.0.1:{}\"\nhttp = \"127.0.0.1:{}\"\npartitions = 12\nseeds = [\"127.0.0.1:{}\"]\nauto-release = true\n",
+            ports[0], ports[1], ports[0]
+        ),
+    )
+    .unwrap();
+    // The flag outranks the file's partition count.
+    let child = Command::new(BIN)
+        .args([
+            "run",
+            "--config",
+            file.to_str().unwrap(),
+            "--partitions",
+            "6",
+            "--log",
+            "error",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let node = Proc {
+        child,
+        http: format!("127.0.0.1:{}", ports[1]),
+    };
+    wait_until(
+        "the node runs with the file's name and the flag's partitions",
+        || {
+            get_json(&node.http, "/status")
+                .is_some_and(|s| s["name"] == "from-file" && s["num_partitions"] == 6)
+        },
+    );
+    // An unknown key is a clear configuration error.
+    std::fs::write(&file, "partitons = 3\n").unwrap();
+    let out = Command::new(BIN)
+        .args(["run", "--config", file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("partitons"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
