@@ -235,7 +235,17 @@ fn three_daemons_agree_survive_a_leader_kill_and_leave_on_sigterm() {
     assert_eq!(http("GET", h, "/livez").unwrap().0, 200);
     assert_eq!(http("GET", h, "/readyz").unwrap().0, 200);
     let (_, metrics) = http("GET", h, "/metrics").unwrap();
-    assert!(metrics.contains("ringleader_partitions_owned"), "{metrics}");
+    for name in [
+        "ringleader_partitions_owned",
+        "ringleader_members",
+        "ringleader_rebalances_total",
+        "ringleader_handoffs_total",
+        "ringleader_session_expirations_total",
+        "ringleader_lease_renew_rtt_microseconds",
+        "ringleader_frames_rejected_total",
+    ] {
+        assert!(metrics.contains(name), "{name} missing from {metrics}");
+    }
 
     // kill -9 the leader: the survivors agree on a new one and own everything.
     let pos = procs

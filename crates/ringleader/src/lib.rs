@@ -70,5 +70,5 @@ pub mod types;
 pub use config::{NodeConfig, Timings};
 pub use error::Error;
 pub use events::{Event, EventStream};
-pub use node::{MemberStatus, Node, NodeBuilder, Status};
+pub use node::{MemberStatus, Node, NodeBuilder, NodeStats, Status};
 pub use types::{LeaveReason, NodeId, NodeInfo, Role};

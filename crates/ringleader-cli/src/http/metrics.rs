@@ -89,6 +89,44 @@ pub async fn render(State(api): State<Api>) -> Response {
         counter(wire.connections_shed.load(Ordering::Relaxed)),
     );
 
+    let stats = node.stats();
+    let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    registry.register(
+        "rebalances",
+        "Rebalancing steps committed as leader",
+        counter(load(&stats.rebalances)),
+    );
+    registry.register(
+        "partitions_granted",
+        "Partitions granted as leader",
+        counter(load(&stats.partitions_granted)),
+    );
+    registry.register(
+        "handoffs",
+        "Handoffs (revoke to release) completed as leader",
+        counter(load(&stats.handoffs)),
+    );
+    registry.register(
+        "handoff_milliseconds",
+        "Total duration of those handoffs (divide by ringleader_handoffs for the mean)",
+        counter(load(&stats.handoff_millis)),
+    );
+    registry.register(
+        "session_expirations",
+        "Members expired as leader after a silent session",
+        counter(load(&stats.session_expirations)),
+    );
+    registry.register(
+        "partitions_lost",
+        "Partitions this node lost without releasing them",
+        counter(load(&stats.partitions_lost)),
+    );
+    registry.register(
+        "lease_renew_rtt_microseconds",
+        "Round trip of the last acknowledged heartbeat (lease renewal)",
+        gauge(i64::try_from(load(&stats.heartbeat_rtt_micros)).unwrap_or(i64::MAX)),
+    );
+
     let mut body = String::new();
     if encode(&mut body, &registry).is_err() {
         return super::error(

@@ -185,6 +185,9 @@ async fn expire_sessions(core: &Arc<Core>) {
         .collect();
     for id in expired {
         tracing::info!(id, "session expired; removing member");
+        core.stats
+            .session_expirations
+            .fetch_add(1, Ordering::Relaxed);
         // Never renewed again, whatever happens to the removal below.
         core.doomed
             .lock()

@@ -282,6 +282,10 @@ async fn heartbeat_round(core: &Arc<Core>, leader_addr: &mut Option<String>) -> 
                 }
                 core.view.on_update(update, suspects);
                 core.ownership_changed.notify_one();
+                let rtt = u64::try_from(sent.elapsed().as_micros()).unwrap_or(u64::MAX);
+                core.stats
+                    .heartbeat_rtt_micros
+                    .store(rtt, Ordering::Relaxed);
                 *leader_addr = Some(addr);
                 return Beat::Renewed;
             }

@@ -14,7 +14,7 @@ pub mod view;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -171,6 +171,8 @@ pub(crate) struct Core {
     pub(crate) membership_lock: tokio::sync::Mutex<()>,
     pub(crate) shutdown: CancellationToken,
     pub(crate) leaving: AtomicBool,
+    /// What this node has done.
+    pub(crate) stats: NodeStats,
     /// Key -> partition.
     pub(crate) partitioner: crate::partitioner::Partitioner,
     /// This node's grants.
@@ -360,6 +362,26 @@ impl Core {
     }
 }
 
+/// Counters describing what this node has done; read them with
+/// [`Node::stats`] (the daemon exports them as Prometheus metrics).
+#[derive(Debug, Default)]
+pub struct NodeStats {
+    /// Rebalancing steps this node committed as leader.
+    pub rebalances: AtomicU64,
+    /// Partitions this node granted as leader.
+    pub partitions_granted: AtomicU64,
+    /// Handoffs (revoke to release) this node completed as leader.
+    pub handoffs: AtomicU64,
+    /// Their total duration, in milliseconds.
+    pub handoff_millis: AtomicU64,
+    /// Members this node expired as leader.
+    pub session_expirations: AtomicU64,
+    /// Round trip of this node's last acknowledged heartbeat, in microseconds.
+    pub heartbeat_rtt_micros: AtomicU64,
+    /// Partitions this node lost without releasing them.
+    pub partitions_lost: AtomicU64,
+}
+
 /// One row of [`Status::members`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MemberStatus {
@@ -477,6 +499,7 @@ impl Node {
             shutdown: CancellationToken::new(),
             leaving: AtomicBool::new(false),
             partitioner,
+            stats: NodeStats::default(),
             ownership: Mutex::new(crate::ownership::Ownership::new(id)),
             ownership_changed: tokio::sync::Notify::new(),
             released: Mutex::new(std::collections::BTreeSet::new()),
@@ -686,6 +709,12 @@ impl Node {
         self.core
             .view
             .with(|s, _| (s.index, s.partitions.slots().to_vec()))
+    }
+
+    /// What this node has done: rebalances, handoffs, expirations, heartbeat
+    /// round trip, lost partitions.
+    pub fn stats(&self) -> &NodeStats {
+        &self.core.stats
     }
 
     /// Transport counters: refused handshakes, rejected frames, shed connections.

@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -138,7 +139,12 @@ impl Core {
                     deadline_ms: u64::try_from(deadline.saturating_duration_since(now).as_millis())
                         .unwrap_or(u64::MAX),
                 },
-                Change::Lost(partitions) => Event::PartitionsLost { partitions },
+                Change::Lost(partitions) => {
+                    self.stats
+                        .partitions_lost
+                        .fetch_add(partitions.len() as u64, Ordering::Relaxed);
+                    Event::PartitionsLost { partitions }
+                }
                 Change::Unclaimed(grants) => Event::PartitionsLost {
                     partitions: grants.iter().map(|g| g.partition).collect(),
                 },
@@ -247,18 +253,41 @@ pub(crate) async fn rebalance(core: &Arc<Core>) -> Result<(), Error> {
         grant = plan.grant.len(),
         "rebalancing"
     );
+    core.stats.rebalances.fetch_add(1, Ordering::Relaxed);
     if !plan.release.is_empty() {
+        let started: Vec<Instant> = {
+            let handoff = core.handoff();
+            plan.release
+                .iter()
+                .filter_map(|p| handoff.deadlines.get(p))
+                .map(|d| d.checked_sub(timeout).unwrap_or(*d))
+                .collect()
+        };
         super::leader::write(
             core,
             Command::Partitions(PartitionOp::Release(plan.release)),
         )
         .await?;
+        let millis: u64 = started
+            .iter()
+            .map(|s| u64::try_from(s.elapsed().as_millis()).unwrap_or(u64::MAX))
+            .sum();
+        core.stats
+            .handoffs
+            .fetch_add(started.len() as u64, Ordering::Relaxed);
+        core.stats
+            .handoff_millis
+            .fetch_add(millis, Ordering::Relaxed);
     }
     if !plan.revoke.is_empty() {
         super::leader::write(core, Command::Partitions(PartitionOp::Revoke(plan.revoke))).await?;
     }
     if !plan.grant.is_empty() {
+        let n = plan.grant.len() as u64;
         super::leader::write(core, Command::Partitions(PartitionOp::Grant(plan.grant))).await?;
+        core.stats
+            .partitions_granted
+            .fetch_add(n, Ordering::Relaxed);
     }
     Ok(())
 }
