@@ -261,6 +261,25 @@ fn three_daemons_agree_survive_a_leader_kill_and_leave_on_sigterm() {
         agreement(&procs.iter().collect::<Vec<_>>(), 24).is_some_and(|(l, _)| l != leader)
     });
 
+    let lost_total = |procs: &[Proc]| -> u64 {
+        procs
+            .iter()
+            .filter_map(|p| http("GET", &p.http, "/metrics"))
+            .flat_map(|(_, body)| {
+                body.lines()
+                    .filter(|l| l.starts_with("ringleader_partitions_lost_total "))
+                    .filter_map(|l| l.split(' ').nth(1).and_then(|v| v.parse::<u64>().ok()))
+                    .collect::<Vec<_>>()
+            })
+            .sum()
+    };
+    eprintln!(
+        "partitions lost by survivors across the leader kill: {}",
+        lost_total(&procs)
+    );
+    // What the node that stays has lost so far.
+    let lost_before = lost_total(&procs[1..]);
+
     // SIGTERM on a member: it hands its partitions off and exits 0.
     let mut leaving = procs.remove(0);
     let pid = leaving.child.id().to_string();
@@ -286,6 +305,12 @@ fn three_daemons_agree_survive_a_leader_kill_and_leave_on_sigterm() {
     wait_until("the last node owns everything", || {
         agreement(&procs.iter().collect::<Vec<_>>(), 24).is_some()
     });
+    // A graceful leave hands off: the survivor lost nothing over it.
+    assert_eq!(
+        lost_total(&procs),
+        lost_before,
+        "a graceful leave lost partitions"
+    );
 }
 
 /// Reads server-sent events from `path` until `want` events with ids have
