@@ -47,7 +47,7 @@ struct Feed {
 
 impl Feed {
     fn name(&self, id: &Value) -> String {
-        id.as_u64()
+        as_id(id)
             .and_then(|id| self.names.get(&id).cloned())
             .unwrap_or_else(|| id.to_string())
     }
@@ -57,20 +57,21 @@ impl Feed {
     fn render(&mut self, node: &str, event: &Value) -> Option<String> {
         let kind = event.get("type")?.as_str()?.to_string();
         if let Some(info) = event.get("info") {
-            if let (Some(id), Some(name)) =
-                (event.get("id").and_then(Value::as_u64), info.get("name"))
-            {
+            if let (Some(id), Some(name)) = (event.get("id").and_then(as_id), info.get("name")) {
                 self.names
                     .insert(id, name.as_str().unwrap_or("?").to_string());
             }
         }
         let text = match kind.as_str() {
             "ready" => {
-                let id = event.get("id").and_then(Value::as_u64)?;
+                let id = event.get("id").and_then(as_id)?;
                 self.names.insert(id, node.to_string());
                 return None;
             }
-            "became_leader" => format!("{node} became the leader (epoch {})", event["epoch"]),
+            "became_leader" => format!(
+                "{node} became the leader (epoch {})",
+                event["epoch"].as_str().unwrap_or("?")
+            ),
             "leader_changed" => format!(
                 "leader is now {} (epoch {})",
                 self.name(&event["leader"]),
@@ -189,6 +190,7 @@ pub async fn main(args: DevArgs) -> ExitCode {
     };
     let mut ready: BTreeMap<String, Value> = BTreeMap::new();
     let mut table_printed = false;
+    let mut table_at: Option<tokio::time::Instant> = None;
     // Watch for exits without holding the children mutably elsewhere.
     let mut waiters = Vec::new();
     for (child, name) in handles.into_iter().zip(children.keys().cloned()) {
@@ -209,8 +211,21 @@ pub async fn main(args: DevArgs) -> ExitCode {
     drop(tx);
     let mut alive = children.len();
     loop {
+        let table_due = table_at;
         let report = tokio::select! {
             r = rx.recv() => r,
+            _ = async move {
+                match table_due {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                table_at = None;
+                let first_api = apis.values().next().cloned().unwrap_or_default();
+                let status = tokio::task::block_in_place(|| fetch_status(&first_api));
+                print_table(&children, &apis, &ready, status.as_ref());
+                continue;
+            }
             _ = tokio::signal::ctrl_c() => {
                 println!("\nstopping every node ...");
                 // The children got the same Ctrl-C from the terminal when run
@@ -256,13 +271,21 @@ pub async fn main(args: DevArgs) -> ExitCode {
                     println!("{text}");
                 }
                 if !table_printed && ready.len() == children.len() {
+                    // Give the first handoffs a moment, then show the table.
                     table_printed = true;
-                    print_table(&children, &apis, &ready);
+                    table_at = Some(tokio::time::Instant::now() + Duration::from_millis(1500));
                 }
             }
         }
     }
     ExitCode::SUCCESS
+}
+
+/// A 64-bit id written as a decimal string (or a plain number).
+fn as_id(v: &Value) -> Option<u64> {
+    v.as_str()
+        .and_then(|s| s.parse().ok())
+        .or_else(|| v.as_u64())
 }
 
 /// The items of a JSON array, rendered by `f`.
@@ -281,25 +304,61 @@ fn compact(parts: &[String]) -> String {
     format!("[{}, ... {} more]", parts[..8].join(", "), parts.len() - 8)
 }
 
+/// One node's `/status`, for the table (None if it does not answer).
+fn fetch_status(api: &str) -> Option<Value> {
+    ureq::get(&format!("http://{api}/status"))
+        .timeout(Duration::from_secs(2))
+        .call()
+        .ok()?
+        .into_json()
+        .ok()
+}
+
 fn print_table(
     children: &BTreeMap<String, (u32, String)>,
     apis: &BTreeMap<String, String>,
     ready: &BTreeMap<String, Value>,
+    status: Option<&Value>,
 ) {
     println!(
-        "\n{:<6} {:>8}  {:<18} {:<34} {:<7}",
-        "NODE", "PID", "PEER ADDRESS", "API", "ROLE"
+        "\n{:<6} {:>8}  {:<18} {:<34} {:<7} {:>6}",
+        "NODE", "PID", "PEER ADDRESS", "API", "ROLE", "OWNS"
     );
+    let row = |name: &str| {
+        status
+            .and_then(|s| s["members"].as_array())
+            .and_then(|ms| ms.iter().find(|m| m["name"] == name))
+            .cloned()
+    };
     for (name, (pid, addr)) in children {
-        let role = ready
-            .get(name)
-            .and_then(|r| r["role"].as_str())
-            .unwrap_or("?");
+        let member = row(name);
+        let role = member
+            .as_ref()
+            .and_then(|m| m["role"].as_str().map(str::to_string))
+            .or_else(|| {
+                ready
+                    .get(name)
+                    .and_then(|r| r["role"].as_str().map(str::to_string))
+            })
+            .unwrap_or_else(|| "?".into());
+        let leader = if member.as_ref().is_some_and(|m| m["leader"] == true) {
+            "*"
+        } else {
+            ""
+        };
+        let owns = member
+            .as_ref()
+            .and_then(|m| m["partitions"].as_array().map(|a| a.len().to_string()))
+            .unwrap_or_else(|| "?".into());
         let api = apis
             .get(name)
             .map(|a| format!("http://{a}/status"))
             .unwrap_or_default();
-        println!("{name:<6} {pid:>8}  {addr:<18} {api:<34} {role:<7}");
+        println!(
+            "{:<6} {pid:>8}  {addr:<18} {api:<34} {:<7} {owns:>6}",
+            format!("{name}{leader}"),
+            role
+        );
     }
     if let Some((_, (pid, _))) = children.iter().next() {
         println!("\nTry: kill -9 {pid}   (and watch the cluster recover)\n");

@@ -66,7 +66,8 @@ pub struct RunArgs {
     /// Log filter, e.g. info or ringleader=debug (ring-election: LOG_LEVEL; also RUST_LOG).
     #[arg(long, env = "RINGLEADER_LOG")]
     pub log: Option<String>,
-    /// How long a graceful leave may take on SIGTERM/SIGINT, in ms.
+    /// How long a graceful leave may take on SIGTERM/SIGINT, in ms
+    /// (default: the revoke timeout plus 2 s).
     #[arg(long, env = "RINGLEADER_LEAVE_TIMEOUT_MS")]
     pub leave_timeout_ms: Option<u64>,
     /// A TOML file with any of these settings (keys as the flags, e.g.
@@ -257,12 +258,37 @@ fn init_logging(args: &RunArgs) {
 }
 
 /// One JSON line describing `event` as seen by `node`.
+///
+/// Node ids, epochs and tokens are 64-bit and exceed 2^53, where JSON numbers
+/// lose precision in JavaScript (a rounded fencing token is worse than none),
+/// so they are written as decimal strings, as in the HTTP API.
 pub fn event_line(node: &Node, event: &Event) -> String {
     let mut value = serde_json::to_value(event).unwrap_or(Value::Null);
+    stringify_wide(&mut value);
     if let Value::Object(map) = &mut value {
         map.insert("node".into(), json!(node.info().name));
     }
     value.to_string()
+}
+
+/// Rewrites the 64-bit identifier fields (`id`, `leader`, `epoch`, `token`)
+/// of `value`, at any depth, as decimal strings.
+fn stringify_wide(value: &mut Value) {
+    match value {
+        Value::Object(map) => {
+            for (key, v) in map.iter_mut() {
+                if matches!(key.as_str(), "id" | "leader" | "epoch" | "token") {
+                    if let Some(n) = v.as_u64() {
+                        *v = Value::String(n.to_string());
+                        continue;
+                    }
+                }
+                stringify_wide(v);
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(stringify_wide),
+        _ => {}
+    }
 }
 
 /// One JSON line announcing that `node` is in the cluster.
@@ -272,12 +298,12 @@ pub fn ready_line(node: &Node) -> String {
     json!({
         "type": "ready",
         "node": node.info().name,
-        "id": node.id(),
+        "id": node.id().to_string(),
         "pid": std::process::id(),
         "addr": node.info().addr,
         "role": me.map(|m| m.role),
-        "leader": status.leader,
-        "epoch": status.epoch,
+        "leader": status.leader.map(|l| l.to_string()),
+        "epoch": status.epoch.to_string(),
     })
     .to_string()
 }
@@ -319,6 +345,7 @@ pub async fn main(args: RunArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let revoke_timeout = config.timings.revoke_timeout;
     let node = match ringleader::NodeBuilder::from_config(config).start().await {
         Ok(node) => node,
         Err(e @ (ringleader::Error::Config { .. } | ringleader::Error::Bind { .. })) => {
@@ -352,7 +379,11 @@ pub async fn main(args: RunArgs) -> ExitCode {
             }
         })
     };
-    let leave_timeout = Duration::from_millis(args.leave_timeout_ms.unwrap_or(5000));
+    // Enough for a full revocation deadline plus the leave itself.
+    let leave_timeout = args
+        .leave_timeout_ms
+        .map(Duration::from_millis)
+        .unwrap_or(revoke_timeout + Duration::from_secs(2));
     let code = tokio::select! {
         _ = shutdown_signal() => {
             tracing::info!("signal received; leaving the cluster");

@@ -261,6 +261,31 @@ fn three_daemons_agree_survive_a_leader_kill_and_leave_on_sigterm() {
         agreement(&procs.iter().collect::<Vec<_>>(), 24).is_some_and(|(l, _)| l != leader)
     });
 
+    // A survivor's event stream tells the story in order: two leaderships,
+    // numbered events, rising epochs.
+    let story = read_sse_until(&procs[0].http, Some("0"), |events| {
+        events
+            .iter()
+            .filter(|(_, e, _)| e == "leader_changed")
+            .count()
+            >= 2
+    });
+    let ids: Vec<u64> = story.iter().filter_map(|(id, _, _)| *id).collect();
+    assert!(
+        ids.windows(2).all(|w| w[1] == w[0] + 1),
+        "ids in order: {ids:?}"
+    );
+    let epochs: Vec<u128> = story
+        .iter()
+        .filter(|(_, e, _)| e == "leader_changed")
+        .filter_map(|(_, _, d)| serde_json::from_str::<Value>(d).ok())
+        .filter_map(|v| v["epoch"].as_str().and_then(|e| e.parse::<u128>().ok()))
+        .collect();
+    assert!(
+        epochs.len() >= 2 && epochs.windows(2).all(|w| w[1] > w[0]),
+        "{epochs:?}"
+    );
+
     let lost_total = |procs: &[Proc]| -> u64 {
         procs
             .iter()
@@ -316,6 +341,13 @@ fn three_daemons_agree_survive_a_leader_kill_and_leave_on_sigterm() {
 /// Reads server-sent events from `path` until `want` events with ids have
 /// arrived (or the deadline passes); returns (id, event name, data).
 fn read_sse(addr: &str, last_id: Option<&str>, want: usize) -> Vec<(Option<u64>, String, String)> {
+    read_sse_until(addr, last_id, |events| events.len() >= want)
+}
+
+/// Reads server-sent events until `done` holds for what arrived (or the
+/// deadline passes).
+type Sse = Vec<(Option<u64>, String, String)>;
+fn read_sse_until(addr: &str, last_id: Option<&str>, done: impl Fn(&Sse) -> bool) -> Sse {
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_millis(500)))
         .unwrap();
@@ -360,7 +392,7 @@ fn read_sse(addr: &str, last_id: Option<&str>, want: usize) -> Vec<(Option<u64>,
     };
     loop {
         let events = parse(&raw);
-        if events.len() >= want || Instant::now() > deadline {
+        if done(&events) || Instant::now() > deadline {
             return events;
         }
         match s.read(&mut buf) {
@@ -397,6 +429,15 @@ fn events_stream_in_order_and_resume_from_last_event_id() {
         let v: Value = serde_json::from_str(data).unwrap();
         assert_eq!(v["type"].as_str(), Some(name.as_str()));
     }
+    // 64-bit values travel as strings (JavaScript-safe), with the sequence
+    // number in the body as well.
+    let assigned = all
+        .iter()
+        .find(|(_, e, _)| e == "partitions_assigned")
+        .map(|(_, _, d)| serde_json::from_str::<Value>(d).unwrap())
+        .expect("a partitions_assigned event");
+    assert!(assigned["partitions"][0]["token"].is_string(), "{assigned}");
+    assert!(assigned["seq"].is_u64(), "{assigned}");
     // Resuming after the first event replays the rest.
     let rest = read_sse(&node.http, Some("1"), all.len() - 1);
     assert_eq!(rest.first().and_then(|(id, _, _)| *id), Some(2));

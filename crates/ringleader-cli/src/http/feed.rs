@@ -44,7 +44,13 @@ impl Feed {
             let mut seq = 0u64;
             while let Some(event) = events.next().await {
                 seq += 1;
-                let line = crate::run::event_line(&node, &event);
+                let mut line = crate::run::event_line(&node, &event);
+                // Carry the sequence number in the body too, for clients that
+                // do not read SSE ids.
+                if let Ok(serde_json::Value::Object(mut map)) = serde_json::from_str(&line) {
+                    map.insert("seq".into(), seq.into());
+                    line = serde_json::Value::Object(map).to_string();
+                }
                 let kind = serde_json::from_str::<serde_json::Value>(&line)
                     .ok()
                     .and_then(|v| v["type"].as_str().map(str::to_string))
