@@ -47,6 +47,11 @@ pub fn plan<T: Ord + Copy>(
     now: T,
 ) -> Plan {
     let mut out = Plan::default();
+    if eligible.is_empty() {
+        // Nobody could take anything over (the last node is leaving): keep
+        // every partition where it is rather than revoke it into the void.
+        return out;
+    }
     let mut free: BTreeSet<u32> = BTreeSet::new();
     for (p, slot) in table.slots().iter().enumerate() {
         let p = u32::try_from(p).unwrap_or(u32::MAX);
@@ -157,6 +162,21 @@ mod tests {
         let p = plan(&t, &m, &deadlines, &BTreeSet::new(), 50);
         assert_eq!(p.release, vec![0]);
         assert_eq!(p.grant, vec![(0, 2)]);
+    }
+
+    #[test]
+    fn nothing_moves_when_nobody_could_take_it() {
+        let mut t = PartitionTable::new(3);
+        let m = set(&[1]);
+        t.apply(1, &PartitionOp::Grant(vec![(0, 1), (1, 1), (2, 1)]), &m);
+        let p = plan(
+            &t,
+            &BTreeSet::new(),
+            &BTreeMap::<u32, u64>::new(),
+            &BTreeSet::new(),
+            0,
+        );
+        assert!(p.is_empty(), "{p:?}");
     }
 
     proptest! {

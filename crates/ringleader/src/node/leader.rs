@@ -440,8 +440,10 @@ pub(crate) async fn leave(core: &Arc<Core>) -> Result<(), Error> {
 }
 
 async fn leave_as_leader(core: &Arc<Core>) -> Result<(), Error> {
-    // Hand our partitions off first, as any leaving member does.
-    while core.drain(core.id) {
+    // Hand our partitions off first, as any leaving member does, unless no
+    // one is left to take them.
+    let alone = core.sm.state().members.keys().all(|m| *m == core.id);
+    while !alone && core.drain(core.id) {
         if !core.raft_leads() {
             return Err(Error::NoLeader("lost leadership while leaving".into()));
         }
@@ -452,7 +454,7 @@ async fn leave_as_leader(core: &Arc<Core>) -> Result<(), Error> {
         }
     }
     let _no_rebalance = core.rebalance_lock.lock().await;
-    if core.drain(core.id) {
+    if !alone && core.drain(core.id) {
         // A grant landed after all: hand it off too.
         drop(_no_rebalance);
         return Box::pin(leave_as_leader(core)).await;
