@@ -9,7 +9,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::{Api, text};
 
@@ -67,60 +67,61 @@ pub async fn render(State(api): State<Api>) -> Response {
         gauge(i64::from(node.config().num_partitions)),
     );
 
-    let counter = |v: u64| {
-        let c = Counter::<u64>::default();
-        c.inc_by(v);
-        c
-    };
     let wire = node.wire_stats();
-    registry.register(
-        "frames_rejected",
-        "Peer connections closed for a malformed, truncated or oversized frame",
-        counter(wire.frames_rejected.load(Ordering::Relaxed)),
-    );
-    registry.register(
-        "handshakes_refused",
-        "Peer connections refused at the handshake (cluster name, secret, version)",
-        counter(wire.handshakes_refused.load(Ordering::Relaxed)),
-    );
-    registry.register(
-        "connections_shed",
-        "Peer connections closed because too many were open",
-        counter(wire.connections_shed.load(Ordering::Relaxed)),
-    );
-
     let stats = node.stats();
-    let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
-    registry.register(
-        "rebalances",
-        "Rebalancing steps committed as leader",
-        counter(load(&stats.rebalances)),
-    );
-    registry.register(
-        "partitions_granted",
-        "Partitions granted as leader",
-        counter(load(&stats.partitions_granted)),
-    );
-    registry.register(
-        "handoffs",
-        "Handoffs (revoke to release) completed as leader",
-        counter(load(&stats.handoffs)),
-    );
-    registry.register(
-        "handoff_milliseconds",
-        "Total duration of those handoffs (divide by ringleader_handoffs for the mean)",
-        counter(load(&stats.handoff_millis)),
-    );
-    registry.register(
-        "session_expirations",
-        "Members expired as leader after a silent session",
-        counter(load(&stats.session_expirations)),
-    );
-    registry.register(
-        "partitions_lost",
-        "Partitions this node lost without releasing them",
-        counter(load(&stats.partitions_lost)),
-    );
+    let counters: [(&str, &str, &AtomicU64); 9] = [
+        (
+            "frames_rejected",
+            "Peer connections closed for a malformed, truncated or oversized frame",
+            &wire.frames_rejected,
+        ),
+        (
+            "handshakes_refused",
+            "Peer connections refused at the handshake (cluster name, secret, version)",
+            &wire.handshakes_refused,
+        ),
+        (
+            "connections_shed",
+            "Peer connections closed because too many were open",
+            &wire.connections_shed,
+        ),
+        (
+            "rebalances",
+            "Rebalancing steps committed as leader",
+            &stats.rebalances,
+        ),
+        (
+            "partitions_granted",
+            "Partitions granted as leader",
+            &stats.partitions_granted,
+        ),
+        (
+            "handoffs",
+            "Handoffs (revoke to release) completed as leader",
+            &stats.handoffs,
+        ),
+        (
+            "handoff_milliseconds",
+            "Total duration of those handoffs (divide by ringleader_handoffs for the mean)",
+            &stats.handoff_millis,
+        ),
+        (
+            "session_expirations",
+            "Members expired as leader after a silent session",
+            &stats.session_expirations,
+        ),
+        (
+            "partitions_lost",
+            "Partitions this node lost without releasing them",
+            &stats.partitions_lost,
+        ),
+    ];
+    for (name, help, value) in counters {
+        let c = Counter::<u64>::default();
+        c.inc_by(value.load(Ordering::Relaxed));
+        registry.register(name, help, c);
+    }
+    let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
     registry.register(
         "lease_renew_rtt_microseconds",
         "Round trip of the last acknowledged heartbeat (lease renewal)",
