@@ -95,6 +95,18 @@ fn start(name: &str, peer: u16, http_port: u16, seeds: &str, partitions: u32) ->
     }
 }
 
+/// A one-node cluster of its own (its only seed is itself).
+fn start_alone(name: &str, partitions: u32) -> Proc {
+    let ports = free_ports(2);
+    start(
+        name,
+        ports[0],
+        ports[1],
+        &format!("127.0.0.1:{}", ports[0]),
+        partitions,
+    )
+}
+
 /// Some((leader, owned total)) when every node's /status names the same
 /// leader and the same members (exactly `procs`), and their /partitions add
 /// up to every partition exactly once.
@@ -187,8 +199,9 @@ fn ring_election_variables_configure_a_node() {
 
 #[test]
 fn three_daemons_agree_survive_a_leader_kill_and_leave_on_sigterm() {
-    let peers = free_ports(3);
-    let https = free_ports(3);
+    // One reservation, so no port is handed out twice.
+    let ports = free_ports(6);
+    let (peers, https) = ports.split_at(3);
     let seeds = peers
         .iter()
         .map(|p| format!("127.0.0.1:{p}"))
@@ -405,15 +418,7 @@ fn read_sse_until(addr: &str, last_id: Option<&str>, done: impl Fn(&Sse) -> bool
 
 #[test]
 fn events_stream_in_order_and_resume_from_last_event_id() {
-    let peers = free_ports(1);
-    let https = free_ports(1);
-    let node = start(
-        "e0",
-        peers[0],
-        https[0],
-        &format!("127.0.0.1:{}", peers[0]),
-        8,
-    );
+    let node = start_alone("e0", 8);
     wait_until("the node is ready", || {
         http("GET", &node.http, "/readyz").is_some_and(|(s, _)| s == 200)
     });
@@ -448,15 +453,7 @@ fn events_stream_in_order_and_resume_from_last_event_id() {
 
 #[test]
 fn status_and_owner_commands_read_a_node() {
-    let peers = free_ports(1);
-    let https = free_ports(1);
-    let node = start(
-        "q0",
-        peers[0],
-        https[0],
-        &format!("127.0.0.1:{}", peers[0]),
-        8,
-    );
+    let node = start_alone("q0", 8);
     wait_until("the node owns its partitions", || {
         get_json(&node.http, "/partitions")
             .is_some_and(|p| p.as_array().is_some_and(|a| a.len() == 8))
