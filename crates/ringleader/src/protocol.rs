@@ -80,6 +80,13 @@ pub enum Request {
         /// The partitions it released, with their grant tokens.
         partitions: Vec<(u32, u64)>,
     },
+    /// From the leader: the table changed in a way that concerns the
+    /// receiver (a grant, a revocation), so it should heartbeat at once
+    /// instead of learning it up to one heartbeat interval later.
+    Poke {
+        /// The incarnation the leader means to reach.
+        target: NodeId,
+    },
 }
 
 /// The answer to a [`Request`].
@@ -103,6 +110,8 @@ pub enum Response {
     Leave(LeaveOutcome),
     /// Answer to [`Request::Release`]: whether this node leads and took note.
     Released(bool),
+    /// Answer to [`Request::Poke`]: whether the receiver is that incarnation.
+    Poked(bool),
     /// A Raft message reached a different incarnation than it was meant for.
     WrongTarget {
         /// The incarnation listening at that address now.

@@ -63,9 +63,12 @@ pub(crate) async fn run(core: Arc<Core>) {
     // The Raft term in which this node last took office.
     let mut in_office: Option<u64> = None;
     loop {
+        // Wake exactly when the next session would expire, not a tick later.
+        let expiry = next_expiry(&core).unwrap_or_else(|| Instant::now() + period);
         tokio::select! {
             _ = core.shutdown.cancelled() => return,
             _ = tick.tick() => {}
+            _ = tokio::time::sleep_until(expiry) => {}
             _ = core.rebalance_now.notified() => {}
             changed = metrics.changed() => if changed.is_err() { return },
         }
@@ -157,7 +160,11 @@ async fn take_office(core: &Arc<Core>) -> Result<u64, Error> {
         .await?;
     }
     write(core, Command::NewEpoch { leader: core.id }).await?;
-    Ok(core.sm.state().epoch)
+    // Members are looking for the new leader (their leases run out a lease
+    // after the old one last answered): tell them at once.
+    let state = core.sm.state();
+    super::owner::poke(core, &state, state.members.keys().copied().collect());
+    Ok(state.epoch)
 }
 
 fn session_snapshot(core: &Core, members: &BTreeSet<NodeId>) -> BTreeMap<NodeId, Instant> {
@@ -168,6 +175,23 @@ fn session_snapshot(core: &Core, members: &BTreeSet<NodeId>) -> BTreeMap<NodeId,
         sessions.entry(*id).or_insert(now);
     }
     sessions.clone()
+}
+
+/// Just after the earliest moment a session (not ours) could expire, and at
+/// least 20 ms from now; None while this node does not lead.
+fn next_expiry(core: &Core) -> Option<Instant> {
+    if !core.raft_thinks_it_leads() {
+        return None;
+    }
+    let sessions = core.sessions.lock().unwrap_or_else(|e| e.into_inner());
+    sessions
+        .iter()
+        .filter(|(id, _)| **id != core.id)
+        .map(|(_, seen)| *seen)
+        .min()
+        .map(|seen| seen + core.config.timings.session_timeout + Duration::from_millis(1))
+        // A session whose removal failed is past due: retry at a calm pace.
+        .map(|at| at.max(Instant::now() + Duration::from_millis(20)))
 }
 
 async fn expire_sessions(core: &Arc<Core>) {

@@ -32,6 +32,7 @@ pub(crate) async fn run(core: Arc<Core>) {
         tokio::select! {
             _ = core.shutdown.cancelled() => return,
             _ = tick.tick() => {}
+            _ = core.heartbeat_now.notified() => {}
         }
         // Only a committed voter may campaign. A voter removed from the set
         // may never receive the final membership entry (the leader stops

@@ -191,6 +191,9 @@ pub(crate) struct Core {
     pub(crate) handoff: Mutex<owner::Handoff>,
     /// Wakes the leader loop for an immediate rebalance.
     pub(crate) rebalance_now: tokio::sync::Notify,
+    /// Wakes the member loop for an immediate heartbeat (the leader poked
+    /// this node: a grant or revocation concerns it).
+    pub(crate) heartbeat_now: tokio::sync::Notify,
     /// When a quorum of voters last acknowledged this node as leader.
     quorum_acked_at: Mutex<Option<Instant>>,
     /// Set when the cluster refused this node for good (e.g. another P).
@@ -507,6 +510,7 @@ impl Node {
             rebalance_lock: tokio::sync::Mutex::new(()),
             handoff: Mutex::new(owner::Handoff::default()),
             rebalance_now: tokio::sync::Notify::new(),
+            heartbeat_now: tokio::sync::Notify::new(),
             quorum_acked_at: Mutex::new(None),
             refused: Mutex::new(None),
             local_addr,

@@ -15,7 +15,8 @@ use crate::handoff;
 use crate::lease;
 use crate::ownership::{Change, Grant};
 use crate::partitions::{PartitionOp, SlotState};
-use crate::state::Command;
+use crate::protocol::Request;
+use crate::state::{ClusterState, Command};
 use crate::types::NodeId;
 
 /// The leader's bookkeeping for handoffs; reset when it takes office.
@@ -279,15 +280,48 @@ pub(crate) async fn rebalance(core: &Arc<Core>) -> Result<(), Error> {
             .handoff_millis
             .fetch_add(millis, Ordering::Relaxed);
     }
-    if !plan.revoke.is_empty() {
-        super::leader::write(core, Command::Partitions(PartitionOp::Revoke(plan.revoke))).await?;
+    // Whom the revocations and grants concern: they hear at once.
+    let mut concerned: BTreeSet<NodeId> = plan.grant.iter().map(|(_, node)| *node).collect();
+    concerned.extend(
+        plan.revoke
+            .iter()
+            .filter_map(|p| state.partitions.slots().get(*p as usize))
+            .filter_map(|slot| slot.owner),
+    );
+    let result = async {
+        if !plan.revoke.is_empty() {
+            super::leader::write(core, Command::Partitions(PartitionOp::Revoke(plan.revoke)))
+                .await?;
+        }
+        if !plan.grant.is_empty() {
+            let n = plan.grant.len() as u64;
+            super::leader::write(core, Command::Partitions(PartitionOp::Grant(plan.grant))).await?;
+            core.stats
+                .partitions_granted
+                .fetch_add(n, Ordering::Relaxed);
+        }
+        Ok(())
     }
-    if !plan.grant.is_empty() {
-        let n = plan.grant.len() as u64;
-        super::leader::write(core, Command::Partitions(PartitionOp::Grant(plan.grant))).await?;
-        core.stats
-            .partitions_granted
-            .fetch_add(n, Ordering::Relaxed);
+    .await;
+    poke(core, &state, concerned);
+    result
+}
+
+/// Asks each of `nodes` (but this one) to heartbeat now, without waiting:
+/// a lost poke only costs the usual heartbeat interval.
+pub(crate) fn poke(core: &Arc<Core>, state: &ClusterState, nodes: BTreeSet<NodeId>) {
+    for id in nodes {
+        let Some(member) = state.members.get(&id).filter(|_| id != core.id) else {
+            continue;
+        };
+        let addr = member.info.addr.clone();
+        let core = core.clone();
+        tokio::spawn(async move {
+            let request = Request::Poke { target: id };
+            let timeout = core.config.timings.rpc_timeout;
+            if let Err(e) = core.transport.call(&addr, request, timeout).await {
+                tracing::debug!(%addr, error = %e, "poke failed");
+            }
+        });
     }
-    Ok(())
 }

@@ -62,6 +62,13 @@ async fn handle(core: &Arc<Core>, request: Request) -> Response {
             Response::Heartbeat(answer)
         }
         Request::Leave { id } => Response::Leave(leave(core, id).await),
+        Request::Poke { target } => {
+            let me = target == core.id;
+            if me {
+                core.heartbeat_now.notify_one();
+            }
+            Response::Poked(me)
+        }
         Request::Release { id, partitions } => {
             if !core.raft_thinks_it_leads() {
                 return Response::Released(false);
