@@ -181,6 +181,10 @@ impl NodeConfig {
         let config = openraft::Config {
             cluster_name: self.cluster.clone(),
             heartbeat_interval: t.raft_heartbeat.as_millis() as u64,
+            // The leader's quorum check (`Core::track_quorum`) sends an empty
+            // AppendEntries to every voter each `raft_heartbeat`: that is a
+            // Raft heartbeat, so openraft's own would only double the traffic.
+            enable_heartbeat: false,
             election_timeout_min: t.election_timeout_min.as_millis() as u64,
             election_timeout_max: t.election_timeout_max.as_millis() as u64,
             install_snapshot_timeout: (t.rpc_timeout.as_millis() as u64).max(200),

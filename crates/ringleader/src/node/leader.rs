@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use openraft::ChangeMembers;
+use openraft::{ChangeMembers, ServerState};
 use tokio::time::Instant;
 
 use super::Core;
@@ -57,25 +57,40 @@ async fn set_voters(core: &Core, voters: BTreeSet<NodeId>) -> Result<(), Error> 
 /// The leader-duty loop; idle while this node does not lead.
 pub(crate) async fn run(core: Arc<Core>) {
     let mut metrics = core.raft.metrics();
-    let period = (core.config.timings.heartbeat / 2).min(Duration::from_millis(100));
+    // Expiries, releases and Raft changes wake the loop themselves; the tick
+    // only paces retries and revocation deadlines.
+    let period = core.config.timings.heartbeat;
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // The Raft term in which this node last took office.
     let mut in_office: Option<u64> = None;
+    let mut last_key: Option<DutyKey> = None;
     loop {
         // Wake exactly when the next session would expire, not a tick later.
         let expiry = next_expiry(&core).unwrap_or_else(|| Instant::now() + period);
+        let mut woke_by_metrics = false;
         tokio::select! {
             _ = core.shutdown.cancelled() => return,
             _ = tick.tick() => {}
             _ = tokio::time::sleep_until(expiry) => {}
             _ = core.rebalance_now.notified() => {}
-            changed = metrics.changed() => if changed.is_err() { return },
+            changed = metrics.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                woke_by_metrics = true;
+            }
         }
-        let term = {
-            let m = metrics.borrow();
-            m.current_term
+        let (term, seen) = {
+            let m = metrics.borrow_and_update();
+            (m.current_term, duty_key(&m))
         };
+        // Raft reports metrics on every heartbeat answer; only a change of
+        // term, role, leader, membership or applied entries needs a round.
+        if woke_by_metrics && last_key.as_ref() == Some(&seen) {
+            continue;
+        }
+        last_key = Some(seen);
         if !core.raft_leads() {
             // Sessions, doomed members and handoffs are kept while the term
             // lasts: a momentary lapse of the quorum check must not forget
@@ -104,6 +119,19 @@ pub(crate) async fn run(core: Arc<Core>) {
             tracing::warn!(error = %e, "rebalancing failed; will retry");
         }
     }
+}
+
+/// What in Raft's metrics can call for leader duties.
+type DutyKey = (u64, ServerState, Option<NodeId>, Option<u64>, Option<u64>);
+
+fn duty_key(m: &openraft::RaftMetrics<NodeId, NodeInfo>) -> DutyKey {
+    (
+        m.current_term,
+        m.state,
+        m.current_leader,
+        m.last_applied.map(|l| l.index),
+        m.membership_config.log_id().map(|l| l.index),
+    )
 }
 
 /// Waits for the next whole wall-clock second and returns it: the creation
@@ -195,7 +223,7 @@ fn next_expiry(core: &Core) -> Option<Instant> {
 }
 
 async fn expire_sessions(core: &Arc<Core>) {
-    let members: BTreeSet<NodeId> = core.sm.state().members.keys().copied().collect();
+    let members: BTreeSet<NodeId> = core.sm.read(|s| s.members.keys().copied().collect());
     let now = Instant::now();
     let timeout = core.config.timings.session_timeout;
     core.doomed
@@ -299,13 +327,24 @@ pub(crate) fn desired_voters(target: usize, live: usize) -> usize {
 
 async fn reconcile_voters(core: &Arc<Core>) -> Result<(), Error> {
     let _guard = core.membership_lock.lock().await;
+    let unfinished = {
+        let m = core.raft.metrics();
+        let m = m.borrow();
+        let joint = m.membership_config.membership().get_joint_config();
+        (joint.len() > 1).then(|| joint.last().cloned().unwrap_or_default())
+    };
+    if let Some(target) = unfinished {
+        // We hold the membership lock, so no change of ours is running: a
+        // joint configuration here is one whose second step failed (an
+        // election interrupted it, or its write timed out). Left alone it
+        // stays joint for good, needing a quorum of both sets. Finish it.
+        tracing::info!(?target, "finishing an interrupted membership change");
+        return set_voters(core, target).await;
+    }
     let (mut voters, learners, caught_up) = {
         let m = core.raft.metrics();
         let m = m.borrow();
         let membership = m.membership_config.membership();
-        if membership.get_joint_config().len() > 1 {
-            return Ok(()); // a change is in flight
-        }
         let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
         let learners: BTreeSet<NodeId> = membership.learner_ids().collect();
         // A learner is ready to vote once it is within a few entries of the log.

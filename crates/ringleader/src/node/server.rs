@@ -142,16 +142,19 @@ fn heartbeat(
             leader: core.leader_hint(),
         };
     }
-    let known = core.sm.state();
-    if known.members.contains_key(&id) && !core.touch_if_fresh(id) {
+    // Read without copying the state: this runs for every member heartbeat.
+    let (is_member, created, index) = core
+        .sm
+        .read(|s| (s.members.contains_key(&id), s.created_secs(), s.index));
+    if is_member && !core.touch_if_fresh(id) {
         // Expired (or doomed) while its removal is being committed: never
         // renew it again, or it would hold partitions past their release.
         return HeartbeatOutcome::UnknownMember;
     }
-    if !known.members.contains_key(&id) {
+    if !is_member {
         // Our state machine may still be catching up after an election: only
         // a leader at least as far along as the member may call it unknown.
-        if known.created_secs() == known_created && known.index < known_index {
+        if created == known_created && index < known_index {
             return HeartbeatOutcome::NotLeader {
                 leader: Some(core.info.clone()),
             };

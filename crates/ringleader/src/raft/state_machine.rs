@@ -73,6 +73,12 @@ impl StateMachine {
         self.lock().state.clone()
     }
 
+    /// Reads the applied state without copying it (keep `f` short: it holds
+    /// the state machine's lock).
+    pub fn read<R>(&self, f: impl FnOnce(&ClusterState) -> R) -> R {
+        f(&self.lock().state)
+    }
+
     /// What a member whose copy is at (`known_created`, `known_index`) is
     /// missing.
     pub fn update_since(&self, known_created: u32, known_index: u64) -> Update {
