@@ -100,7 +100,7 @@ pub(crate) async fn run(core: Arc<Core>) {
             continue;
         }
         if in_office != Some(term) {
-            match take_office(&core).await {
+            match take_office(&core, term).await {
                 Ok(epoch) => {
                     tracing::info!(node = %core.info.name, term, epoch, "took office as leader");
                     in_office = Some(term);
@@ -149,7 +149,7 @@ async fn next_whole_second() -> u32 {
 
 /// Starts a leadership: every member gets a full session timeout from now,
 /// the cluster is stamped if new, and the epoch is committed.
-async fn take_office(core: &Arc<Core>) -> Result<u64, Error> {
+async fn take_office(core: &Arc<Core>, term: u64) -> Result<u64, Error> {
     // Apply everything committed before this term so the state is current.
     bounded(core, "read barrier", core.raft.ensure_linearizable()).await?;
     let state = core.sm.state();
@@ -200,6 +200,8 @@ async fn take_office(core: &Arc<Core>) -> Result<u64, Error> {
         .await?;
     }
     write(core, Command::NewEpoch { leader: core.id }).await?;
+    // Heartbeats are judged from now on (sessions are this term's).
+    core.office_term.store(term, Ordering::SeqCst);
     // Members are looking for the new leader (their leases run out a lease
     // after the old one last answered): tell them at once.
     let state = core.sm.state();

@@ -194,6 +194,10 @@ pub(crate) struct Core {
     /// Wakes the member loop for an immediate heartbeat (the leader poked
     /// this node: a grant or revocation concerns it).
     pub(crate) heartbeat_now: tokio::sync::Notify,
+    /// The Raft term in which this node finished `take_office` (0: none).
+    /// Until then its session table is not this term's and must not judge
+    /// heartbeats.
+    pub(crate) office_term: AtomicU64,
     /// When a quorum of voters last acknowledged this node as leader.
     quorum_acked_at: Mutex<Option<Instant>>,
     /// Set when the cluster refused this node for good (e.g. another P).
@@ -226,6 +230,13 @@ impl Core {
             .quorum_acked_at
             .lock()
             .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether this node leads (quorum confirmed) and has taken office in
+    /// the current term: its sessions were reset for this term.
+    pub(crate) fn in_office(&self) -> bool {
+        let term = self.raft.metrics().borrow().current_term;
+        term != 0 && self.office_term.load(Ordering::SeqCst) == term
     }
 
     /// Raft's own view that this node leads (no quorum check): enough for
@@ -521,6 +532,7 @@ impl Node {
             handoff: Mutex::new(owner::Handoff::default()),
             rebalance_now: tokio::sync::Notify::new(),
             heartbeat_now: tokio::sync::Notify::new(),
+            office_term: AtomicU64::new(0),
             quorum_acked_at: Mutex::new(None),
             refused: Mutex::new(None),
             local_addr,

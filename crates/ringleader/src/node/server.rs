@@ -137,7 +137,10 @@ fn heartbeat(
     known_created: u32,
     known_index: u64,
 ) -> HeartbeatOutcome {
-    if !core.raft_leads() {
+    // Not before take_office has reset the sessions for this term: a stale
+    // or missing session would call a live member unknown and make it drop
+    // every partition it holds. It will be poked once this node is in office.
+    if !core.raft_leads() || !core.in_office() {
         return HeartbeatOutcome::NotLeader {
             leader: core.leader_hint(),
         };
