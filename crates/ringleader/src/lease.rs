@@ -99,7 +99,10 @@ mod tests {
         let head = predecessor_head_start(lease, 10_000);
         assert!(head < lease);
         assert!(head >= Duration::from_millis(190), "{head:?}");
-        assert_eq!(predecessor_head_start(Duration::ZERO, 10_000), Duration::ZERO);
+        assert_eq!(
+            predecessor_head_start(Duration::ZERO, 10_000),
+            Duration::ZERO
+        );
     }
     use proptest::prelude::*;
 
