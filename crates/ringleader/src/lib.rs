@@ -62,6 +62,7 @@ pub mod partitioner;
 pub mod partitions;
 pub mod protocol;
 pub mod raft;
+pub mod runtime;
 pub mod state;
 pub mod token;
 pub mod transport;

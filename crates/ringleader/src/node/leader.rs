@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use openraft::{ChangeMembers, ServerState};
 use tokio::time::Instant;
@@ -137,10 +137,8 @@ fn duty_key(m: &openraft::RaftMetrics<NodeId, NodeInfo>) -> DutyKey {
 
 /// Waits for the next whole wall-clock second and returns it: the creation
 /// stamp of a new cluster life (see [`crate::token`]).
-async fn next_whole_second() -> u32 {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
+async fn next_whole_second(core: &Core) -> u32 {
+    let now = (core.wall_clock)();
     let wait =
         Duration::from_secs(1).saturating_sub(Duration::from_nanos(u64::from(now.subsec_nanos())));
     tokio::time::sleep(wait).await;
@@ -178,7 +176,7 @@ async fn take_office(core: &Arc<Core>, term: u64) -> Result<u64, Error> {
         }
     }
     if state.identity.is_none() {
-        let created_secs = next_whole_second().await;
+        let created_secs = next_whole_second(core).await;
         write(
             core,
             Command::Init(ClusterIdentity {

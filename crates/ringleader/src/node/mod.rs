@@ -20,7 +20,6 @@ use std::time::Duration;
 
 use openraft::ServerState;
 use serde::{Deserialize, Serialize};
-use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -33,22 +32,38 @@ use crate::raft::Raft;
 use crate::raft::log_store::LogStore;
 use crate::raft::network::NetworkFactory;
 use crate::raft::state_machine::StateMachine;
+use crate::runtime::WallClock;
 use crate::transport::handshake::Secret;
-use crate::transport::{self, TcpTransport, Transport, WireConfig, WireStats};
+use crate::transport::{self, Net, TcpTransport, TokioNet, Transport, WireConfig, WireStats};
 use crate::types::{NodeId, NodeInfo, Role};
 
 /// Builds and starts a [`Node`].
-#[derive(Clone, Default)]
-pub struct NodeBuilder {
+///
+/// `N` is where the node's sockets come from: tokio's TCP unless
+/// [`NodeBuilder::net`] says otherwise (a simulator).
+#[derive(Clone)]
+pub struct NodeBuilder<N: Net = TokioNet> {
     config: NodeConfig,
     transport: Option<Arc<dyn Transport>>,
+    net: N,
+    id: Option<NodeId>,
+    wall_clock: Option<WallClock>,
 }
 
-impl std::fmt::Debug for NodeBuilder {
+impl Default for NodeBuilder {
+    fn default() -> Self {
+        Self::from_config(NodeConfig::default())
+    }
+}
+
+impl<N: Net> std::fmt::Debug for NodeBuilder<N> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("NodeBuilder")
             .field("config", &self.config)
             .field("custom_transport", &self.transport.is_some())
+            .field("net", &std::any::type_name::<N>())
+            .field("id", &self.id)
+            .field("custom_wall_clock", &self.wall_clock.is_some())
             .finish()
     }
 }
@@ -59,12 +74,49 @@ impl NodeBuilder {
         Self {
             config,
             transport: None,
+            net: TokioNet,
+            id: None,
+            wall_clock: None,
         }
+    }
+}
+
+impl<N: Net> NodeBuilder<N> {
+    /// Opens peer sockets (listener and outgoing connections) through `net`
+    /// instead of tokio's TCP. For simulation (`ringleader-sim` passes
+    /// turmoil's network); normal use never needs it.
+    pub fn net<M: Net>(self, net: M) -> NodeBuilder<M> {
+        NodeBuilder {
+            config: self.config,
+            transport: self.transport,
+            net,
+            id: self.id,
+            wall_clock: self.wall_clock,
+        }
+    }
+
+    /// Uses `id` as this incarnation's [`NodeId`] instead of a random one.
+    /// For simulation and tests only: an id names one process incarnation,
+    /// so it must never be reused, not even by the same node after a
+    /// restart (see `docs/architecture.md`, section 4). 0 is refused at
+    /// [`NodeBuilder::start`].
+    pub fn id(mut self, id: NodeId) -> Self {
+        self.id = Some(id);
+        self
+    }
+
+    /// Reads wall-clock time (since the Unix epoch) from `clock` instead of
+    /// [`std::time::SystemTime`]. Only the creation stamp of a new cluster
+    /// life uses it (`crate::token`). For simulation: the clock must not go
+    /// back between cluster lives.
+    pub fn wall_clock(mut self, clock: WallClock) -> Self {
+        self.wall_clock = Some(clock);
+        self
     }
 
     /// Sends requests through `transport` instead of the default
     /// [`TcpTransport`] (for tests that inject faults; the node still serves
-    /// peers on its TCP listen address). The transport must speak to the
+    /// peers on its listen address, through its [`Net`]). The transport must speak to the
     /// same cluster name and secret as this node.
     pub fn transport(mut self, transport: Arc<dyn Transport>) -> Self {
         self.transport = Some(transport);
@@ -144,7 +196,7 @@ impl NodeBuilder {
     /// node. It returns once the node serves peers; joining the cluster goes
     /// on in the background (see [`Node::wait_ready`]).
     pub async fn start(self) -> Result<Node, Error> {
-        Node::start(self.config, self.transport).await
+        Node::start(self).await
     }
 }
 
@@ -203,6 +255,8 @@ pub(crate) struct Core {
     /// Set when the cluster refused this node for good (e.g. another P).
     refused: Mutex<Option<String>>,
     local_addr: SocketAddr,
+    /// Wall-clock time since the Unix epoch (the creation stamp).
+    pub(crate) wall_clock: WallClock,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -452,30 +506,38 @@ impl Node {
         NodeBuilder::default()
     }
 
-    async fn start(
-        config: NodeConfig,
-        transport: Option<Arc<dyn Transport>>,
-    ) -> Result<Node, Error> {
+    async fn start<N: Net>(builder: NodeBuilder<N>) -> Result<Node, Error> {
+        let NodeBuilder {
+            config,
+            transport,
+            net,
+            id,
+            wall_clock,
+        } = builder;
         config.validate()?;
+        if id == Some(0) {
+            return Err(Error::config("id", "0 is not a node id"));
+        }
         let raft_config = Arc::new(config.raft_config()?);
         let partitioner = crate::partitioner::Partitioner::new(config.num_partitions)
             .map_err(|e| Error::config("partitions", e.to_string()))?;
-        let listener = TcpListener::bind(&config.listen)
-            .await
-            .map_err(|e| Error::Bind {
-                addr: config.listen.clone(),
-                reason: e.to_string(),
-            })?;
-        let local_addr = listener.local_addr().map_err(|e| Error::Bind {
+        let listener = net.bind(&config.listen).await.map_err(|e| Error::Bind {
             addr: config.listen.clone(),
             reason: e.to_string(),
         })?;
-        let id: NodeId = loop {
-            // 0 is openraft's "no node" default; never use it.
-            let id = rand::random::<u64>();
-            if id != 0 {
-                break id;
-            }
+        let local_addr = net.local_addr(&listener).map_err(|e| Error::Bind {
+            addr: config.listen.clone(),
+            reason: e.to_string(),
+        })?;
+        let id: NodeId = match id {
+            Some(id) => id,
+            None => loop {
+                // 0 is openraft's "no node" default; never use it.
+                let id = crate::runtime::random::<u64>();
+                if id != 0 {
+                    break id;
+                }
+            },
         };
         let name = config
             .name
@@ -495,8 +557,8 @@ impl Node {
             max_frame: config.max_frame,
             handshake_timeout: Duration::from_secs(2),
         });
-        let transport: Arc<dyn Transport> =
-            transport.unwrap_or_else(|| Arc::new(TcpTransport::new(wire.clone())));
+        let transport: Arc<dyn Transport> = transport
+            .unwrap_or_else(|| Arc::new(TcpTransport::with_net(wire.clone(), net.clone())));
         let view = Arc::new(View::new(id));
         let sink_view = view.clone();
         let sm = StateMachine::new(Arc::new(move |applied| sink_view.on_applied(applied)));
@@ -536,6 +598,7 @@ impl Node {
             quorum_acked_at: Mutex::new(None),
             refused: Mutex::new(None),
             local_addr,
+            wall_clock: wall_clock.unwrap_or_else(crate::runtime::system_clock),
             tasks: Mutex::new(Vec::new()),
         });
         tracing::info!(
@@ -548,6 +611,7 @@ impl Node {
         let handler: Arc<dyn transport::Handler> = Arc::new(server::PeerHandler(core.clone()));
         let tasks = vec![
             tokio::spawn(transport::serve(
+                net,
                 listener,
                 wire,
                 handler,

@@ -117,7 +117,7 @@ pub enum HandshakeMsg {
 }
 
 fn nonce() -> [u8; 32] {
-    rand::random()
+    crate::runtime::random()
 }
 
 /// Runs the connecting side of the handshake.

@@ -4,18 +4,22 @@
 //! and hands incoming requests to a [`Handler`] (server side), so a simulated
 //! network can stand in for TCP. [`TcpTransport`] and [`serve`] are the real
 //! thing: framed TCP ([`codec`]) after a versioned, optionally authenticated
-//! handshake ([`handshake`]).
+//! handshake ([`handshake`]). Both open their sockets through a [`Net`]:
+//! [`TokioNet`] (tokio's TCP, the default) in normal use, a simulated network
+//! (turmoil, in `crates/ringleader-sim`) under simulation.
 
 pub mod codec;
 pub mod handshake;
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
@@ -34,6 +38,68 @@ pub trait Transport: Send + Sync + 'static {
         request: Request,
         timeout: Duration,
     ) -> BoxFuture<'_, Result<Response, TransportError>>;
+}
+
+/// Where a node's peer sockets come from: TCP connect, bind and accept.
+///
+/// [`TokioNet`] is the real network and the default everywhere. A simulator
+/// supplies its own (turmoil's `TcpStream`/`TcpListener`) through
+/// [`crate::NodeBuilder::net`]; nothing else in the node touches sockets.
+pub trait Net: Clone + Send + Sync + 'static {
+    /// A connected stream.
+    type Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+    /// A bound listener.
+    type Listener: Send + Sync + 'static;
+
+    /// Connects to `addr` (`HOST:PORT`).
+    fn connect(&self, addr: &str) -> impl Future<Output = std::io::Result<Self::Stream>> + Send;
+
+    /// Binds a listener to `addr` (`HOST:PORT`; port 0 picks a free one).
+    fn bind(&self, addr: &str) -> impl Future<Output = std::io::Result<Self::Listener>> + Send;
+
+    /// Accepts the next connection.
+    fn accept<'a>(
+        &'a self,
+        listener: &'a Self::Listener,
+    ) -> impl Future<Output = std::io::Result<(Self::Stream, SocketAddr)>> + Send + 'a;
+
+    /// The address `listener` is bound to.
+    fn local_addr(&self, listener: &Self::Listener) -> std::io::Result<SocketAddr>;
+
+    /// Prepares a freshly connected or accepted stream (TCP: no Nagle delay).
+    fn prepare(&self, _stream: &Self::Stream) {}
+}
+
+/// tokio's TCP: the real network.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TokioNet;
+
+impl Net for TokioNet {
+    type Stream = tokio::net::TcpStream;
+    type Listener = tokio::net::TcpListener;
+
+    fn connect(&self, addr: &str) -> impl Future<Output = std::io::Result<Self::Stream>> + Send {
+        tokio::net::TcpStream::connect(addr.to_string())
+    }
+
+    fn bind(&self, addr: &str) -> impl Future<Output = std::io::Result<Self::Listener>> + Send {
+        tokio::net::TcpListener::bind(addr.to_string())
+    }
+
+    fn accept<'a>(
+        &'a self,
+        listener: &'a Self::Listener,
+    ) -> impl Future<Output = std::io::Result<(Self::Stream, SocketAddr)>> + Send + 'a {
+        listener.accept()
+    }
+
+    fn local_addr(&self, listener: &Self::Listener) -> std::io::Result<SocketAddr> {
+        listener.local_addr()
+    }
+
+    fn prepare(&self, stream: &Self::Stream) {
+        let _ = stream.set_nodelay(true);
+    }
 }
 
 /// Serves requests arriving from peers.
@@ -71,27 +137,37 @@ const IDLE_PER_PEER: usize = 4;
 /// The TCP [`Transport`]: a small pool of authenticated connections per peer.
 ///
 /// Each connection carries one request at a time; concurrent calls to one
-/// peer use several connections.
-pub struct TcpTransport {
+/// peer use several connections. Sockets come from `N` ([`TokioNet`] unless
+/// built with [`TcpTransport::with_net`]).
+pub struct TcpTransport<N: Net = TokioNet> {
     config: Arc<WireConfig>,
-    idle: Mutex<HashMap<String, Vec<FramedStream<TcpStream>>>>,
+    net: N,
+    idle: Mutex<HashMap<String, Vec<FramedStream<N::Stream>>>>,
 }
 
 impl TcpTransport {
-    /// Creates a transport with no open connections.
+    /// Creates a transport on tokio's TCP with no open connections.
     pub fn new(config: Arc<WireConfig>) -> Self {
+        Self::with_net(config, TokioNet)
+    }
+}
+
+impl<N: Net> TcpTransport<N> {
+    /// Creates a transport whose sockets come from `net`.
+    pub fn with_net(config: Arc<WireConfig>, net: N) -> Self {
         Self {
             config,
+            net,
             idle: Mutex::new(HashMap::new()),
         }
     }
 
-    fn take_idle(&self, addr: &str) -> Option<FramedStream<TcpStream>> {
+    fn take_idle(&self, addr: &str) -> Option<FramedStream<N::Stream>> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         idle.get_mut(addr).and_then(Vec::pop)
     }
 
-    fn put_idle(&self, addr: &str, conn: FramedStream<TcpStream>) {
+    fn put_idle(&self, addr: &str, conn: FramedStream<N::Stream>) {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         let list = idle.entry(addr.to_string()).or_default();
         if list.len() < IDLE_PER_PEER {
@@ -99,18 +175,20 @@ impl TcpTransport {
         }
     }
 
-    async fn connect(&self, addr: &str) -> Result<FramedStream<TcpStream>, TransportError> {
-        let stream = TcpStream::connect(addr)
+    async fn connect(&self, addr: &str) -> Result<FramedStream<N::Stream>, TransportError> {
+        let stream = self
+            .net
+            .connect(addr)
             .await
             .map_err(|e| TransportError::Io(format!("connect {addr}: {e}")))?;
-        let _ = stream.set_nodelay(true);
+        self.net.prepare(&stream);
         let mut conn = framed(stream, self.config.max_frame);
         handshake::client(&mut conn, &self.config.cluster, self.config.secret.as_ref()).await?;
         Ok(conn)
     }
 
     async fn exchange(
-        conn: &mut FramedStream<TcpStream>,
+        conn: &mut FramedStream<N::Stream>,
         request: &Request,
     ) -> Result<Response, TransportError> {
         send(conn, request).await?;
@@ -134,7 +212,7 @@ impl TcpTransport {
     }
 }
 
-impl Transport for TcpTransport {
+impl<N: Net> Transport for TcpTransport<N> {
     fn call(
         &self,
         addr: &str,
@@ -158,11 +236,13 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// The most connections one node serves at once; more are closed at accept.
 pub const MAX_CONNECTIONS: usize = 1024;
 
-/// Accepts peer connections on `listener` until `shutdown` fires, serving
-/// each on its own task. A connection that fails its handshake or sends a
-/// bad frame is closed and logged; nothing else is affected.
-pub async fn serve(
-    listener: TcpListener,
+/// Accepts peer connections on `listener` (bound with `net`) until
+/// `shutdown` fires, serving each on its own task. A connection that fails
+/// its handshake or sends a bad frame is closed and logged; nothing else is
+/// affected.
+pub async fn serve<N: Net>(
+    net: N,
+    listener: N::Listener,
     config: Arc<WireConfig>,
     handler: Arc<dyn Handler>,
     stats: Arc<WireStats>,
@@ -172,7 +252,7 @@ pub async fn serve(
     loop {
         let accepted = tokio::select! {
             _ = shutdown.cancelled() => return,
-            accepted = listener.accept() => accepted,
+            accepted = net.accept(&listener) => accepted,
         };
         let (stream, peer) = match accepted {
             Ok(pair) => pair,
@@ -188,7 +268,7 @@ pub async fn serve(
             tracing::warn!(%peer, "too many connections; closing this one");
             continue;
         };
-        let _ = stream.set_nodelay(true);
+        net.prepare(&stream);
         let config = config.clone();
         let handler = handler.clone();
         let stats = stats.clone();
@@ -203,8 +283,8 @@ pub async fn serve(
     }
 }
 
-async fn serve_connection(
-    stream: TcpStream,
+async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: S,
     peer: std::net::SocketAddr,
     config: Arc<WireConfig>,
     handler: Arc<dyn Handler>,

@@ -1,0 +1,1147 @@
+//! Deterministic simulation of ringleader clusters.
+//!
+//! One seed picks a cluster shape (3 to 9 hosts, 8 to 512 partitions) and a
+//! random fault schedule; the real [`ringleader::Node`] code runs on every
+//! host inside [turmoil] (simulated TCP, simulated time, one thread). After
+//! every simulated millisecond the driver checks the invariants of
+//! `docs/testing.md` section 6 against what every host sampled in that
+//! millisecond and what its event stream said. See `docs/testing.md`,
+//! section 7.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, UNIX_EPOCH};
+
+use rand::rngs::StdRng;
+use rand::seq::{IndexedRandom, SliceRandom};
+use rand::{Rng, SeedableRng};
+use ringleader::ownership::Grant;
+use ringleader::transport::Net;
+use ringleader::{Event, Node, Role, Timings};
+
+/// The simulated network: turmoil's TCP.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TurmoilNet;
+
+impl Net for TurmoilNet {
+    type Stream = turmoil::net::TcpStream;
+    type Listener = turmoil::net::TcpListener;
+
+    fn connect(
+        &self,
+        addr: &str,
+    ) -> impl std::future::Future<Output = std::io::Result<Self::Stream>> + Send {
+        let addr = addr.to_string();
+        async move { turmoil::net::TcpStream::connect(addr).await }
+    }
+
+    fn bind(
+        &self,
+        addr: &str,
+    ) -> impl std::future::Future<Output = std::io::Result<Self::Listener>> + Send {
+        let addr = addr.to_string();
+        async move { turmoil::net::TcpListener::bind(addr).await }
+    }
+
+    fn accept<'a>(
+        &'a self,
+        listener: &'a Self::Listener,
+    ) -> impl std::future::Future<Output = std::io::Result<(Self::Stream, SocketAddr)>> + Send + 'a
+    {
+        listener.accept()
+    }
+
+    fn local_addr(&self, listener: &Self::Listener) -> std::io::Result<SocketAddr> {
+        listener.local_addr()
+    }
+}
+
+/// The peer port every simulated host listens on.
+pub const PORT: u16 = 7000;
+
+/// Timings used in the simulation: the library defaults except a 2 s
+/// revocation timeout (defaults: heartbeat 200 ms, session 1 s, lease 1 s,
+/// Raft heartbeat 50 ms, election 150-200 ms, RPC timeout 500 ms).
+pub fn sim_timings() -> Timings {
+    Timings {
+        revoke_timeout: Duration::from_secs(2),
+        ..Timings::default()
+    }
+}
+
+/// How long the fault phase lasts.
+pub const FAULT_PHASE: Duration = Duration::from_secs(8);
+/// The longest the initial cluster may take to settle.
+pub const FORMATION_BOUND: Duration = Duration::from_secs(15);
+/// Invariant 5: after the heal (network repaired, crashed hosts restarted
+/// as new incarnations), the cluster must settle within this bound:
+/// election (0.4 s) + session timeout (1 s) + lease (1 s) + revoke timeout
+/// (2 s) + joins and voter promotion of restarted hosts (~1 s) + margin.
+pub const CONVERGENCE_BOUND: Duration = Duration::from_secs(10);
+
+/// What one seed did.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// The seed.
+    pub seed: u64,
+    /// Hosts.
+    pub nodes: usize,
+    /// Partitions.
+    pub partitions: u32,
+    /// Invariant violations (empty: passed).
+    pub violations: Vec<String>,
+    /// The trace: schedule actions and every event, stamped with simulated
+    /// milliseconds.
+    pub trace: Vec<String>,
+    /// A hash of the trace (same seed, same hash when deterministic).
+    pub trace_hash: u64,
+    /// Writes the mock store refused (stale tokens; fine).
+    pub stale_writes_refused: u64,
+    /// Writes the mock store accepted.
+    pub writes_accepted: u64,
+    /// Simulated milliseconds from the heal until the cluster settled.
+    pub converged_after_ms: Option<u64>,
+    /// Faults injected.
+    pub faults: usize,
+    /// Simulated duration.
+    pub simulated: Duration,
+}
+
+impl Outcome {
+    /// The failure report: seed, violations and a compact trace (schedule
+    /// actions, leader changes and the last events before the first
+    /// violation).
+    pub fn report(&self) -> String {
+        let mut out = format!(
+            "seed {} FAILED ({} nodes, {} partitions): {} violation(s); replay with `cargo run -p ringleader-sim -- --seed {}`\n",
+            self.seed,
+            self.nodes,
+            self.partitions,
+            self.violations.len(),
+            self.seed
+        );
+        for v in self.violations.iter().take(10) {
+            out.push_str(&format!("  VIOLATION {v}\n"));
+        }
+        out.push_str("  trace (actions, leaders, violations; last 40 lines of everything):\n");
+        let compact: Vec<&String> = self
+            .trace
+            .iter()
+            .filter(|l| {
+                l.contains(" ACTION ") || l.contains("LeaderChanged") || l.contains("VIOLATION")
+            })
+            .collect();
+        for l in compact.iter().take(200) {
+            out.push_str(&format!("    {l}\n"));
+        }
+        out.push_str("    ...\n");
+        let first_violation = self
+            .trace
+            .iter()
+            .position(|l| l.contains("VIOLATION"))
+            .unwrap_or(self.trace.len());
+        let end = (first_violation + 1).min(self.trace.len());
+        for l in &self.trace[end.saturating_sub(40)..end] {
+            out.push_str(&format!("    {l}\n"));
+        }
+        out
+    }
+}
+
+/// One host's sample of one millisecond: incarnation id, valid grants, and
+/// `(leader, epoch)` when it answered `is_leader()`.
+type Sample = (u64, Vec<Grant>, Option<(u64, u64)>);
+
+/// What one host's tasks report to the driver.
+#[derive(Default)]
+struct Obs {
+    /// (simulated ms, id, valid grants, (leader, epoch) when `is_leader()`).
+    samples: Vec<(u64, Sample)>,
+    /// (simulated ms, id, event).
+    events: Vec<(u64, u64, Event)>,
+}
+
+/// One host as the driver and the host's software share it.
+#[derive(Default)]
+struct Slot {
+    /// The id of the incarnation to start next.
+    next_id: u64,
+    /// Whether the host's software should run a node (false: not joined yet).
+    active: bool,
+    /// Set by the driver: leave gracefully.
+    leave: bool,
+    node: Option<Node>,
+    obs: Obs,
+}
+
+type Shared = Arc<Mutex<Slot>>;
+
+fn lock(s: &Shared) -> std::sync::MutexGuard<'_, Slot> {
+    s.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn sim_ms() -> u64 {
+    turmoil::sim_elapsed().unwrap_or_default().as_millis() as u64
+}
+
+/// The software of one host: waits until activated, starts a node (a new
+/// incarnation each time it runs), plays a well-behaved application
+/// (releases revoked partitions at once) and samples the node every
+/// millisecond.
+async fn host_software(
+    name: String,
+    seeds: Vec<String>,
+    partitions: u32,
+    slot: Shared,
+) -> turmoil::Result {
+    loop {
+        if lock(&slot).active {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let id = lock(&slot).next_id;
+    let clock: ringleader::runtime::WallClock = Arc::new(|| {
+        turmoil::since_epoch().unwrap_or_else(|| UNIX_EPOCH.elapsed().unwrap_or_default())
+    });
+    let node = Node::builder()
+        .name(name.clone())
+        .listen(format!("0.0.0.0:{PORT}"))
+        .advertise(format!("{name}:{PORT}"))
+        .seeds(seeds)
+        .partitions(partitions)
+        .timings(sim_timings())
+        .id(id)
+        .wall_clock(clock)
+        .net(TurmoilNet)
+        .start()
+        .await?;
+    lock(&slot).node = Some(node.clone());
+    let mut events = node.events();
+    let recorder = slot.clone();
+    let app = node.clone();
+    tokio::spawn(async move {
+        while let Some(event) = events.next().await {
+            let ms = sim_ms();
+            if let Event::PartitionsRevoking { partitions, .. } = &event {
+                let partitions = partitions.clone();
+                let app = app.clone();
+                tokio::spawn(async move {
+                    let _ = app.release(&partitions).await;
+                });
+            }
+            lock(&recorder).obs.events.push((ms, id, event));
+        }
+    });
+    let mut tick = tokio::time::interval(Duration::from_millis(1));
+    loop {
+        tick.tick().await;
+        if lock(&slot).leave {
+            let _ = node.leave(Duration::from_secs(5)).await;
+            lock(&slot).node = None;
+            return Ok(());
+        }
+        let ms = sim_ms();
+        let owned = node.owned();
+        let leads = if node.is_leader() {
+            node.leader()
+        } else {
+            None
+        };
+        lock(&slot).obs.samples.push((ms, (id, owned, leads)));
+    }
+}
+
+/// Per-node event grammar state for one partition.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Held {
+    Held,
+    Revoking,
+}
+
+/// A fault to undo later.
+#[derive(Debug, Clone)]
+enum Undo {
+    Restart(usize),
+    Rejoin(usize),
+    Repair(Vec<usize>, Vec<usize>),
+    RepairOneway(usize, usize),
+    Release(usize, usize),
+    ResetLatency(usize, usize),
+    ResetLoss(usize, usize),
+    Nothing,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Phase {
+    Forming,
+    Faults,
+    Healing,
+    Done,
+}
+
+/// Runs one seed to the end and returns what happened.
+pub fn run_seed(seed: u64) -> Outcome {
+    // Everything ringleader draws (ids it would draw, nonces, openraft's
+    // election timeouts) follows from the seed: every host runs on this
+    // thread.
+    ringleader::runtime::seed_thread_rng(seed);
+    let mut rng = StdRng::seed_from_u64(seed);
+    let n: usize = rng.random_range(3..=9);
+    let partitions: u32 = *[8u32, 16, 32, 64, 128, 256, 512]
+        .choose(&mut rng)
+        .expect("non-empty");
+    // Some hosts join later.
+    let initial = if n > 3 { rng.random_range(3..=n) } else { n };
+    let names: Vec<String> = (0..n).map(|i| format!("n{i}")).collect();
+    let seeds: Vec<String> = names[..initial]
+        .iter()
+        .map(|h| format!("{h}:{PORT}"))
+        .collect();
+
+    let mut sim = turmoil::Builder::new()
+        .rng_seed(seed)
+        .epoch(UNIX_EPOCH + Duration::from_secs(1_700_000_000))
+        .simulation_duration(Duration::from_secs(3600))
+        .tick_duration(Duration::from_millis(1))
+        .min_message_latency(Duration::from_micros(100))
+        .max_message_latency(Duration::from_millis(3))
+        .fail_rate(0.0)
+        .repair_rate(0.02)
+        .enable_random_order()
+        .build();
+
+    let mut used_ids = BTreeSet::new();
+    let mut fresh_id = |rng: &mut StdRng| loop {
+        let id: u64 = rng.random::<u64>() >> 1;
+        if id != 0 && used_ids.insert(id) {
+            return id;
+        }
+    };
+
+    let slots: Vec<Shared> = (0..n).map(|_| Shared::default()).collect();
+    for (i, name) in names.iter().enumerate() {
+        {
+            let mut s = lock(&slots[i]);
+            s.next_id = fresh_id(&mut rng);
+            s.active = i < initial;
+        }
+        let slot = slots[i].clone();
+        let name = name.clone();
+        let seeds = seeds.clone();
+        sim.host(name.clone(), move || {
+            host_software(name.clone(), seeds.clone(), partitions, slot.clone())
+        });
+    }
+
+    let mut st = Checker::new(seed, partitions);
+    st.trace.push(format!(
+        "seed {seed}: {n} hosts ({initial} at start), {partitions} partitions"
+    ));
+    // Per host: Some(down since) when crashed or left and not back yet.
+    let mut down: Vec<bool> = vec![false; n];
+    let mut left: Vec<bool> = vec![false; n];
+    let mut pending: Vec<(u64, Undo)> = Vec::new();
+    let mut phase = Phase::Forming;
+    let mut phase_start: u64 = 0;
+    let mut next_fault: u64 = 0;
+    let mut faults = 0usize;
+    let mut net_faults_active = 0usize;
+    let mut converged_after_ms = None;
+    let mut settled_since: Option<u64> = None;
+
+    loop {
+        if let Err(e) = sim.step() {
+            st.violation(0, format!("simulation error: {e}"));
+            break;
+        }
+        let now = sim.elapsed().as_millis() as u64;
+        // Collect what the hosts reported, in host order.
+        for (i, slot) in slots.iter().enumerate() {
+            let obs = std::mem::take(&mut lock(slot).obs);
+            st.absorb(i, obs);
+        }
+        // Samples of a millisecond may straddle two steps; check with lag.
+        st.check_until(now.saturating_sub(2));
+
+        let live: Vec<(usize, Node)> = slots
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| {
+                let s = lock(s);
+                if s.leave || down[i] || !s.active {
+                    None
+                } else {
+                    s.node.clone().map(|n| (i, n))
+                }
+            })
+            .collect();
+        let expected_live = (0..n)
+            .filter(|i| lock(&slots[*i]).active && !down[*i] && !left[*i])
+            .count();
+        let settled = live.len() == expected_live && st.settled(&live, partitions, now);
+        if settled {
+            settled_since.get_or_insert(now);
+        } else {
+            settled_since = None;
+        }
+
+        match phase {
+            Phase::Forming => {
+                if settled_since.is_some_and(|t| now >= t + 300) {
+                    st.action(now, "cluster formed; faults begin".into());
+                    phase = Phase::Faults;
+                    phase_start = now;
+                    next_fault = now + rng.random_range(100..800);
+                } else if now > FORMATION_BOUND.as_millis() as u64 {
+                    st.violation(now, "the initial cluster did not settle in time".into());
+                    break;
+                }
+            }
+            Phase::Faults => {
+                if now >= phase_start + FAULT_PHASE.as_millis() as u64 {
+                    // Heal everything.
+                    for (_, undo) in std::mem::take(&mut pending) {
+                        apply_undo(
+                            &mut sim,
+                            &names,
+                            &slots,
+                            &mut down,
+                            &mut left,
+                            &mut fresh_id,
+                            &mut rng,
+                            &undo,
+                            &mut st,
+                            now,
+                        );
+                    }
+                    for a in 0..n {
+                        for b in a + 1..n {
+                            sim.set_link_fail_rate(names[a].as_str(), names[b].as_str(), 0.0);
+                            sim.release(names[a].as_str(), names[b].as_str());
+                            sim.repair(names[a].as_str(), names[b].as_str());
+                        }
+                    }
+                    st.action(
+                        now,
+                        "heal: network repaired, crashed hosts restarted".into(),
+                    );
+                    phase = Phase::Healing;
+                    phase_start = now;
+                    settled_since = None;
+                    continue;
+                }
+                // Undo what is due.
+                let due: Vec<Undo> = {
+                    let (due, rest): (Vec<_>, Vec<_>) =
+                        pending.drain(..).partition(|(at, _)| *at <= now);
+                    pending = rest;
+                    due.into_iter().map(|(_, u)| u).collect()
+                };
+                for undo in due {
+                    if !matches!(undo, Undo::Restart(_) | Undo::Rejoin(_) | Undo::Nothing) {
+                        net_faults_active = net_faults_active.saturating_sub(1);
+                    }
+                    apply_undo(
+                        &mut sim,
+                        &names,
+                        &slots,
+                        &mut down,
+                        &mut left,
+                        &mut fresh_id,
+                        &mut rng,
+                        &undo,
+                        &mut st,
+                        now,
+                    );
+                }
+                if now >= next_fault {
+                    next_fault = now + rng.random_range(150..1200);
+                    let healthy = net_faults_active == 0
+                        && !down.iter().any(|d| *d)
+                        && healthy_voters(&live, &st.leading);
+                    if let Some((what, undo, is_net)) =
+                        pick_fault(&mut rng, &mut sim, &names, &slots, &live, healthy, n, now)
+                    {
+                        faults += 1;
+                        st.action(now, what);
+                        match &undo.1 {
+                            Undo::Restart(i) => down[*i] = true,
+                            Undo::Rejoin(i) => {
+                                down[*i] = true;
+                                left[*i] = true;
+                            }
+                            _ => {}
+                        }
+                        if is_net {
+                            net_faults_active += 1;
+                        }
+                        pending.push(undo);
+                    }
+                }
+            }
+            Phase::Healing => {
+                if settled_since.is_some_and(|t| now >= t + 300) {
+                    let at = settled_since.unwrap_or(now);
+                    converged_after_ms = Some(at - phase_start);
+                    st.action(
+                        now,
+                        format!("settled {} ms after the heal", at - phase_start),
+                    );
+                    phase = Phase::Done;
+                } else if now > phase_start + CONVERGENCE_BOUND.as_millis() as u64 {
+                    let why = st.unsettled_reason(&live, partitions);
+                    st.violation(
+                        now,
+                        format!(
+                            "invariant 5: not settled {} ms after the heal: {why}",
+                            CONVERGENCE_BOUND.as_millis()
+                        ),
+                    );
+                    phase = Phase::Done;
+                }
+            }
+            Phase::Done => break,
+        }
+        if st.violations.len() > 20 {
+            break;
+        }
+    }
+    let simulated = sim.elapsed();
+    // Drop the nodes (and the simulation) before the next seed.
+    for s in &slots {
+        lock(s).node = None;
+    }
+    drop(sim);
+    let mut h = DefaultHasher::new();
+    st.trace.hash(&mut h);
+    Outcome {
+        seed,
+        nodes: n,
+        partitions,
+        trace_hash: h.finish(),
+        violations: st.violations,
+        trace: st.trace,
+        stale_writes_refused: st.store.refused,
+        writes_accepted: st.store.accepted,
+        converged_after_ms,
+        faults,
+        simulated,
+    }
+}
+
+/// The leader's view is healthy: exactly one running node acts as leader,
+/// every running node agrees it leads and is in its member table, and the
+/// voter set has at least three members, all running incarnations. Only
+/// then may a crash or a leave be scheduled: losing a majority of voters
+/// at once is a known unrecoverable case (docs/architecture.md section
+/// 15), not something to find. (The leader's view, not any node's: an
+/// expelled node's stale view still lists the old voters.)
+///
+/// `leading` is each host's latest in-host `is_leader()` sample (the driver
+/// must not call `is_leader()` or `owned()` itself: they read the node's
+/// tokio clock, which only exists inside the host's runtime).
+fn healthy_voters(live: &[(usize, Node)], leading: &BTreeMap<usize, bool>) -> bool {
+    let ids: BTreeSet<u64> = live.iter().map(|(_, n)| n.id()).collect();
+    let leaders: Vec<&Node> = live
+        .iter()
+        .filter(|(i, _)| leading.get(i).copied().unwrap_or(false))
+        .map(|(_, n)| n)
+        .collect();
+    let [leader] = leaders.as_slice() else {
+        return false;
+    };
+    let status = leader.status();
+    let members: BTreeSet<u64> = status.members.iter().map(|m| m.id).collect();
+    let voters: BTreeSet<u64> = status
+        .members
+        .iter()
+        .filter(|m| m.role == Role::Voter)
+        .map(|m| m.id)
+        .collect();
+    voters.len() >= 3
+        && voters.is_subset(&ids)
+        && members == ids
+        && live.len() >= 3
+        && live
+            .iter()
+            .all(|(_, n)| n.status().leader == Some(leader.id()))
+}
+
+type Pending = (u64, Undo);
+
+#[allow(clippy::too_many_arguments)]
+fn pick_fault(
+    rng: &mut StdRng,
+    sim: &mut turmoil::Sim<'_>,
+    names: &[String],
+    slots: &[Shared],
+    live: &[(usize, Node)],
+    healthy: bool,
+    n: usize,
+    now: u64,
+) -> Option<(String, Pending, bool)> {
+    let live_idx: Vec<usize> = live.iter().map(|(i, _)| *i).collect();
+    let inactive: Vec<usize> = (0..n).filter(|i| !lock(&slots[*i]).active).collect();
+    let kind = rng.random_range(0..9);
+    let pick2 = |rng: &mut StdRng| -> (usize, usize) {
+        let a = rng.random_range(0..n);
+        let mut b = rng.random_range(0..n - 1);
+        if b >= a {
+            b += 1;
+        }
+        (a, b)
+    };
+    match kind {
+        0 if healthy && live.len() >= 3 => {
+            let i = *live_idx.choose(rng)?;
+            sim.crash(names[i].as_str());
+            let back = now + rng.random_range(300..3000);
+            Some((
+                format!("crash {}", names[i]),
+                (back, Undo::Restart(i)),
+                false,
+            ))
+        }
+        1 if healthy && live.len() >= 3 => {
+            let i = *live_idx.choose(rng)?;
+            lock(&slots[i]).leave = true;
+            let back = now + rng.random_range(1000..4000);
+            Some((
+                format!("leave {}", names[i]),
+                (back, Undo::Rejoin(i)),
+                false,
+            ))
+        }
+        2 if !inactive.is_empty() => {
+            let i = *inactive.choose(rng)?;
+            lock(&slots[i]).active = true;
+            Some((format!("join {}", names[i]), (now, Undo::Nothing), false))
+        }
+        3 | 4 => {
+            // Minority or majority side cut off from the rest.
+            let mut all: Vec<usize> = (0..n).collect();
+            all.shuffle(rng);
+            let k = rng.random_range(1..n);
+            let (a, b) = all.split_at(k);
+            let (a, b) = (a.to_vec(), b.to_vec());
+            for x in &a {
+                for y in &b {
+                    sim.partition(names[*x].as_str(), names[*y].as_str());
+                }
+            }
+            let until = now + rng.random_range(300..4000);
+            Some((
+                format!("partition {} | {}", show(names, &a), show(names, &b)),
+                (until, Undo::Repair(a, b)),
+                true,
+            ))
+        }
+        5 if n >= 3 => {
+            // Bridge: two groups cut from each other, one host sees both.
+            let mut all: Vec<usize> = (0..n).collect();
+            all.shuffle(rng);
+            let bridge = all[0];
+            let rest = &all[1..];
+            let k = rng.random_range(1..rest.len());
+            let (a, b) = rest.split_at(k);
+            let (a, b) = (a.to_vec(), b.to_vec());
+            for x in &a {
+                for y in &b {
+                    sim.partition(names[*x].as_str(), names[*y].as_str());
+                }
+            }
+            let until = now + rng.random_range(300..4000);
+            Some((
+                format!(
+                    "bridge {} <- {} -> {}",
+                    show(names, &a),
+                    names[bridge],
+                    show(names, &b)
+                ),
+                (until, Undo::Repair(a, b)),
+                true,
+            ))
+        }
+        6 => {
+            let (a, b) = pick2(rng);
+            sim.partition_oneway(names[a].as_str(), names[b].as_str());
+            let until = now + rng.random_range(300..4000);
+            Some((
+                format!("one-way cut {} -> {}", names[a], names[b]),
+                (until, Undo::RepairOneway(a, b)),
+                true,
+            ))
+        }
+        7 => {
+            let (a, b) = pick2(rng);
+            if rng.random_bool(0.5) {
+                sim.hold(names[a].as_str(), names[b].as_str());
+                let until = now + rng.random_range(50..2500);
+                Some((
+                    format!("hold {} <-> {}", names[a], names[b]),
+                    (until, Undo::Release(a, b)),
+                    true,
+                ))
+            } else {
+                let ms = rng.random_range(20..400);
+                sim.set_link_max_message_latency(
+                    names[a].as_str(),
+                    names[b].as_str(),
+                    Duration::from_millis(ms),
+                );
+                let until = now + rng.random_range(300..3000);
+                Some((
+                    format!("delay {} <-> {} up to {ms} ms", names[a], names[b]),
+                    (until, Undo::ResetLatency(a, b)),
+                    true,
+                ))
+            }
+        }
+        8 => {
+            let (a, b) = pick2(rng);
+            let rate = rng.random_range(0.002..0.02);
+            sim.set_link_fail_rate(names[a].as_str(), names[b].as_str(), rate);
+            let until = now + rng.random_range(300..3000);
+            Some((
+                format!(
+                    "lossy {} <-> {} (drop rate {rate:.3}/ms)",
+                    names[a], names[b]
+                ),
+                (until, Undo::ResetLoss(a, b)),
+                true,
+            ))
+        }
+        _ => None,
+    }
+}
+
+fn show(names: &[String], set: &[usize]) -> String {
+    let mut v: Vec<&str> = set.iter().map(|i| names[*i].as_str()).collect();
+    v.sort();
+    format!("{{{}}}", v.join(","))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn apply_undo(
+    sim: &mut turmoil::Sim<'_>,
+    names: &[String],
+    slots: &[Shared],
+    down: &mut [bool],
+    left: &mut [bool],
+    fresh_id: &mut impl FnMut(&mut StdRng) -> u64,
+    rng: &mut StdRng,
+    undo: &Undo,
+    st: &mut Checker,
+    now: u64,
+) {
+    match undo {
+        Undo::Restart(i) | Undo::Rejoin(i) => {
+            {
+                let mut s = lock(&slots[*i]);
+                s.next_id = fresh_id(rng);
+                s.leave = false;
+                s.node = None;
+            }
+            down[*i] = false;
+            left[*i] = false;
+            sim.bounce(names[*i].as_str());
+            st.action(now, format!("restart {} as a new incarnation", names[*i]));
+        }
+        Undo::Repair(a, b) => {
+            for x in a {
+                for y in b {
+                    sim.repair(names[*x].as_str(), names[*y].as_str());
+                }
+            }
+            if !a.is_empty() {
+                st.action(
+                    now,
+                    format!("repair {} | {}", show(names, a), show(names, b)),
+                );
+            }
+        }
+        Undo::RepairOneway(a, b) => {
+            sim.repair_oneway(names[*a].as_str(), names[*b].as_str());
+            st.action(
+                now,
+                format!("repair one-way {} -> {}", names[*a], names[*b]),
+            );
+        }
+        Undo::Release(a, b) => {
+            sim.release(names[*a].as_str(), names[*b].as_str());
+            st.action(now, format!("release held {} <-> {}", names[*a], names[*b]));
+        }
+        Undo::ResetLatency(a, b) => {
+            sim.set_link_max_message_latency(
+                names[*a].as_str(),
+                names[*b].as_str(),
+                Duration::from_millis(3),
+            );
+            st.action(
+                now,
+                format!("latency back to normal {} <-> {}", names[*a], names[*b]),
+            );
+        }
+        Undo::Nothing => {}
+        Undo::ResetLoss(a, b) => {
+            sim.set_link_fail_rate(names[*a].as_str(), names[*b].as_str(), 0.0);
+            st.action(now, format!("loss ends {} <-> {}", names[*a], names[*b]));
+        }
+    }
+}
+
+/// A downstream store that accepts a write only with a token at least as
+/// high as any it has seen for that partition.
+#[derive(Default)]
+struct Store {
+    /// Per partition: the highest token seen and who wrote with it.
+    max_token: BTreeMap<u32, (u64, u64)>,
+    accepted: u64,
+    refused: u64,
+}
+
+enum Write {
+    Accepted,
+    /// A stale writer (a lower token than one already seen): fine.
+    Refused,
+    /// Accepted, but another node wrote under the same token: two holders
+    /// of one grant, which fencing cannot tell apart (a bug).
+    SameTokenOtherHolder(u64),
+}
+
+impl Store {
+    fn write(&mut self, p: u32, token: u64, writer: u64) -> Write {
+        let max = self.max_token.entry(p).or_insert((0, writer));
+        if token > max.0 || (token == max.0 && max.1 == writer) {
+            *max = (token, writer);
+            self.accepted += 1;
+            Write::Accepted
+        } else if token == max.0 {
+            self.accepted += 1;
+            Write::SameTokenOtherHolder(max.1)
+        } else {
+            self.refused += 1;
+            Write::Refused
+        }
+    }
+}
+
+/// The invariant checker.
+struct Checker {
+    partitions: u32,
+    violations: Vec<String>,
+    trace: Vec<String>,
+    /// ms -> host -> (id, valid grants, leads).
+    samples: BTreeMap<u64, BTreeMap<usize, Sample>>,
+    /// Invariant 1: epoch -> leader, and per node the last epoch seen.
+    epoch_leader: BTreeMap<u64, u64>,
+    last_epoch: BTreeMap<u64, u64>,
+    /// Invariant 3: per partition, the last sampled holder and token.
+    last_holder: BTreeMap<u32, (u64, u64)>,
+    /// One token never reaches two nodes.
+    grant_holder: BTreeMap<(u32, u64), u64>,
+    /// Invariant 4: per node, per partition.
+    held: BTreeMap<u64, BTreeMap<u32, Held>>,
+    store: Store,
+    /// Each host's latest `is_leader()` sample.
+    leading: BTreeMap<usize, bool>,
+    /// Store writes on their way: arrival ms -> (host, id, partition, token).
+    in_flight: BTreeMap<u64, Vec<(usize, u64, u32, u64)>>,
+    delay_rng: StdRng,
+}
+
+impl Checker {
+    fn new(seed: u64, partitions: u32) -> Self {
+        Self {
+            partitions,
+            violations: Vec::new(),
+            trace: Vec::new(),
+            samples: BTreeMap::new(),
+            epoch_leader: BTreeMap::new(),
+            last_epoch: BTreeMap::new(),
+            last_holder: BTreeMap::new(),
+            grant_holder: BTreeMap::new(),
+            held: BTreeMap::new(),
+            store: Store::default(),
+            leading: BTreeMap::new(),
+            in_flight: BTreeMap::new(),
+            delay_rng: StdRng::seed_from_u64(seed ^ 0x5eed_5707e),
+        }
+    }
+
+    fn action(&mut self, now: u64, what: String) {
+        self.trace.push(format!("t={now} ACTION {what}"));
+    }
+
+    fn violation(&mut self, now: u64, what: String) {
+        self.trace.push(format!("t={now} VIOLATION {what}"));
+        self.violations.push(format!("t={now} {what}"));
+    }
+
+    fn absorb(&mut self, host: usize, obs: Obs) {
+        for (ms, id, event) in obs.events {
+            self.trace.push(format!("t={ms} n{host}#{id:x} {event:?}"));
+            self.event(ms, host, id, event);
+        }
+        for (ms, sample) in obs.samples {
+            self.leading.insert(host, sample.2.is_some());
+            self.samples.entry(ms).or_default().insert(host, sample);
+        }
+    }
+
+    fn event(&mut self, ms: u64, host: usize, id: u64, event: Event) {
+        match event {
+            Event::LeaderChanged { leader, epoch } => {
+                if let Some(prev) = self.epoch_leader.insert(epoch, leader) {
+                    if prev != leader {
+                        self.violation(
+                            ms,
+                            format!("invariant 1: epoch {epoch:x} led by {prev:x} and {leader:x}"),
+                        );
+                    }
+                }
+                let last = self.last_epoch.entry(id).or_insert(0);
+                if epoch <= *last {
+                    let last = *last;
+                    self.violation(
+                        ms,
+                        format!("invariant 1: n{host}#{id:x} saw epoch {epoch:x} after {last:x}"),
+                    );
+                } else {
+                    *last = epoch;
+                }
+            }
+            Event::BecameLeader { epoch } => {
+                if let Some(l) = self.epoch_leader.get(&epoch) {
+                    if *l != id {
+                        let l = *l;
+                        self.violation(
+                            ms,
+                            format!("invariant 1: n{host}#{id:x} became leader of epoch {epoch:x} led by {l:x}"),
+                        );
+                    }
+                }
+            }
+            Event::PartitionsAssigned { partitions } => {
+                for g in partitions {
+                    let state = self
+                        .held
+                        .entry(id)
+                        .or_default()
+                        .insert(g.partition, Held::Held);
+                    if state == Some(Held::Held) {
+                        self.violation(
+                            ms,
+                            format!(
+                                "invariant 4: n{host}#{id:x} assigned {} while holding it",
+                                g.partition
+                            ),
+                        );
+                    }
+                    let holder = *self
+                        .grant_holder
+                        .entry((g.partition, g.token))
+                        .or_insert(id);
+                    if holder != id {
+                        self.violation(
+                            ms,
+                            format!(
+                                "invariant 3: grant {}@{:x} reached {holder:x} and {id:x}",
+                                g.partition, g.token
+                            ),
+                        );
+                    }
+                }
+            }
+            Event::PartitionsRevoking { partitions, .. } => {
+                for p in partitions {
+                    let state = self.held.entry(id).or_default().get(&p).copied();
+                    if state != Some(Held::Held) {
+                        self.violation(
+                            ms,
+                            format!("invariant 4: n{host}#{id:x} revoking {p}, not held (state {state:?})"),
+                        );
+                    }
+                    self.held.entry(id).or_default().insert(p, Held::Revoking);
+                }
+            }
+            Event::PartitionsLost { partitions } => {
+                for p in partitions {
+                    if self.held.entry(id).or_default().remove(&p).is_none() {
+                        self.violation(
+                            ms,
+                            format!("invariant 4: n{host}#{id:x} lost {p}, not held"),
+                        );
+                    }
+                }
+            }
+            Event::Lagged { missed } => {
+                self.violation(
+                    ms,
+                    format!("n{host}#{id:x} event stream lagged ({missed} missed)"),
+                );
+            }
+            _ => {}
+        }
+    }
+
+    /// Checks invariants 1-3 and the store on every millisecond up to `upto`.
+    fn check_until(&mut self, upto: u64) {
+        let later = self.samples.split_off(&(upto + 1));
+        let ready = std::mem::replace(&mut self.samples, later);
+        for (ms, hosts) in ready {
+            let mut holders: BTreeMap<u32, (usize, u64, u64)> = BTreeMap::new();
+            let mut leaders: Vec<(usize, u64, (u64, u64))> = Vec::new();
+            for (host, (id, grants, leads)) in &hosts {
+                if let Some(l) = leads {
+                    leaders.push((*host, *id, *l));
+                }
+                for g in grants {
+                    if let Some((oh, oid, ot)) = holders.insert(g.partition, (*host, *id, g.token))
+                    {
+                        self.violation(
+                            ms,
+                            format!(
+                                "invariant 2: partition {} held by n{oh}#{oid:x} (token {ot:x}) and n{host}#{id:x} (token {:x})",
+                                g.partition, g.token
+                            ),
+                        );
+                    }
+                    match self.last_holder.get(&g.partition) {
+                        Some((lid, lt)) if *lid != *id && g.token <= *lt => {
+                            let (lid, lt) = (*lid, *lt);
+                            self.violation(
+                                ms,
+                                format!(
+                                    "invariant 3: partition {} token {:x} on n{host}#{id:x} after token {lt:x} on {lid:x}",
+                                    g.partition, g.token
+                                ),
+                            );
+                        }
+                        Some((lid, lt)) if *lid == *id && g.token < *lt => {
+                            let lt = *lt;
+                            self.violation(
+                                ms,
+                                format!(
+                                    "invariant 3: partition {} token fell on n{host}#{id:x}: {:x} after {lt:x}",
+                                    g.partition, g.token
+                                ),
+                            );
+                        }
+                        _ => {}
+                    }
+                    self.last_holder.insert(g.partition, (*id, g.token));
+                }
+            }
+            if leaders.len() > 1 {
+                self.violation(
+                    ms,
+                    format!("invariant 1: two nodes act as leader at once: {leaders:x?}"),
+                );
+            }
+            // Every holder writes to the store every 10 ms with the token of
+            // each grant it holds; a write reaches the store 0-250 ms later
+            // (a slow path to the store), so stale writes do happen.
+            if ms % 10 == 0 {
+                for (host, (id, grants, _)) in &hosts {
+                    for g in grants {
+                        let delay = self.delay_rng.random_range(0..250u64);
+                        self.in_flight.entry(ms + delay).or_default().push((
+                            *host,
+                            *id,
+                            g.partition,
+                            g.token,
+                        ));
+                    }
+                }
+            }
+            let arriving = self.in_flight.remove(&ms).unwrap_or_default();
+            for (host, id, p, token) in arriving {
+                match self.store.write(p, token, id) {
+                    Write::Accepted => {}
+                    Write::Refused => {}
+                    Write::SameTokenOtherHolder(other) => self.violation(
+                        ms,
+                        format!(
+                            "store: accepted writes to {p} under one token {token:x} from {other:x} and n{host}#{id:x}"
+                        ),
+                    ),
+                }
+            }
+        }
+    }
+
+    /// Invariant 5: every partition held by exactly one live node, counts
+    /// within one, and every live node agrees on leader, members and table.
+    fn settled(&self, live: &[(usize, Node)], partitions: u32, _now: u64) -> bool {
+        self.unsettled(live, partitions).is_none()
+    }
+
+    fn unsettled_reason(&self, live: &[(usize, Node)], partitions: u32) -> String {
+        self.unsettled(live, partitions).unwrap_or_default()
+    }
+
+    fn unsettled(&self, live: &[(usize, Node)], partitions: u32) -> Option<String> {
+        let _ = self.partitions;
+        if live.is_empty() {
+            return Some("no live node".into());
+        }
+        // The latest complete sample of each live node.
+        let Some(latest) = self.samples.iter().next() else {
+            return Some("no samples yet".into());
+        };
+        let ids: BTreeSet<u64> = live.iter().map(|(_, n)| n.id()).collect();
+        let mut owner: BTreeMap<u32, u64> = BTreeMap::new();
+        let mut counts = Vec::new();
+        for (host, node) in live {
+            let Some((id, grants, _)) = latest.1.get(host) else {
+                return Some(format!("n{host} not sampled"));
+            };
+            if *id != node.id() {
+                return Some(format!("n{host} sample from an old incarnation"));
+            }
+            counts.push(grants.len());
+            for g in grants {
+                if owner.insert(g.partition, *id).is_some() {
+                    return Some(format!("partition {} held twice", g.partition));
+                }
+            }
+        }
+        if owner.len() != partitions as usize {
+            return Some(format!("{} of {partitions} partitions held", owner.len()));
+        }
+        let (lo, hi) = (
+            counts.iter().min().copied().unwrap_or(0),
+            counts.iter().max().copied().unwrap_or(0),
+        );
+        if hi - lo > 1 {
+            return Some(format!("unbalanced: counts {counts:?}"));
+        }
+        let first = live[0].1.status();
+        for (host, node) in live {
+            let status = node.status();
+            let members: BTreeSet<u64> = status.members.iter().map(|m| m.id).collect();
+            if members != ids {
+                return Some(format!("n{host} members {members:x?} != live {ids:x?}"));
+            }
+            if status.leader.is_none() || status.leader != first.leader {
+                return Some(format!(
+                    "n{host} leader {:?} vs {:?}",
+                    status.leader, first.leader
+                ));
+            }
+            let (_, table) = node.assignment();
+            if !table
+                .iter()
+                .enumerate()
+                .all(|(p, s)| s.owner == owner.get(&(p as u32)).copied())
+            {
+                return Some(format!("n{host} table disagrees with the holders"));
+            }
+        }
+        None
+    }
+}

@@ -1,0 +1,124 @@
+//! `cargo run -p ringleader-sim -- --seed N` replays one seed (printing its
+//! trace summary); `--seeds K [--from S]` runs seeds S..S+K and prints a
+//! summary; `--trace` prints the whole trace of a `--seed` run;
+//! `--check-determinism` runs the seed twice and compares trace hashes.
+//! `RINGLEADER_SIM_LOG=<filter>` (e.g. `ringleader=debug,openraft=info`)
+//! prints the nodes' logs on stderr, each line in its host's span.
+
+use std::process::ExitCode;
+use std::time::Instant;
+
+fn usage() -> ExitCode {
+    eprintln!(
+        "usage: ringleader-sim (--seed N [--trace] [--check-determinism] | --seeds K [--from S])"
+    );
+    ExitCode::from(2)
+}
+
+fn main() -> ExitCode {
+    if let Ok(filter) = std::env::var("RINGLEADER_SIM_LOG") {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_writer(std::io::stderr)
+            .init();
+    }
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut seed = None;
+    let mut seeds = None;
+    let mut from = 0u64;
+    let mut full_trace = false;
+    let mut check_determinism = false;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut num = || it.next().and_then(|v| v.parse::<u64>().ok());
+        match a.as_str() {
+            "--seed" => match num() {
+                Some(v) => seed = Some(v),
+                None => return usage(),
+            },
+            "--seeds" => match num() {
+                Some(v) => seeds = Some(v),
+                None => return usage(),
+            },
+            "--from" => match num() {
+                Some(v) => from = v,
+                None => return usage(),
+            },
+            "--trace" => full_trace = true,
+            "--check-determinism" => check_determinism = true,
+            _ => return usage(),
+        }
+    }
+    if let Some(seed) = seed {
+        let started = Instant::now();
+        let o = ringleader_sim::run_seed(seed);
+        if check_determinism {
+            let again = ringleader_sim::run_seed(seed);
+            println!(
+                "seed {seed}: trace hashes {:016x} and {:016x} ({})",
+                o.trace_hash,
+                again.trace_hash,
+                if o.trace_hash == again.trace_hash {
+                    "deterministic"
+                } else {
+                    "NOT deterministic"
+                }
+            );
+            if o.trace_hash != again.trace_hash {
+                return ExitCode::FAILURE;
+            }
+        }
+        if full_trace {
+            for l in &o.trace {
+                println!("{l}");
+            }
+        }
+        println!(
+            "seed {seed}: {} nodes, {} partitions, {} faults, simulated {:.1} s in {:.1} s wall; converged {:?} ms after heal; store: {} accepted, {} stale refused; trace hash {:016x}",
+            o.nodes,
+            o.partitions,
+            o.faults,
+            o.simulated.as_secs_f64(),
+            started.elapsed().as_secs_f64(),
+            o.converged_after_ms,
+            o.writes_accepted,
+            o.stale_writes_refused,
+            o.trace_hash
+        );
+        if o.violations.is_empty() {
+            println!("no violations");
+            return ExitCode::SUCCESS;
+        }
+        print!("{}", o.report());
+        return ExitCode::FAILURE;
+    }
+    let Some(k) = seeds else { return usage() };
+    let started = Instant::now();
+    let mut failed = Vec::new();
+    let mut worst_convergence = 0;
+    let mut refused = 0;
+    let mut simulated = 0.0;
+    for s in from..from + k {
+        let o = ringleader_sim::run_seed(s);
+        simulated += o.simulated.as_secs_f64();
+        refused += o.stale_writes_refused;
+        worst_convergence = worst_convergence.max(o.converged_after_ms.unwrap_or(0));
+        if !o.violations.is_empty() {
+            print!("{}", o.report());
+            failed.push(s);
+        }
+    }
+    let wall = started.elapsed().as_secs_f64();
+    println!(
+        "seeds {from}..{}: {k} run, {} with violations {:?}; wall {wall:.1} s ({:.2} seeds/s), simulated {simulated:.0} s; slowest convergence after heal {worst_convergence} ms; stale writes refused {refused}",
+        from + k,
+        failed.len(),
+        failed,
+        k as f64 / wall
+    );
+    if failed.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
