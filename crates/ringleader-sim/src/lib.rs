@@ -311,6 +311,10 @@ pub fn run_seed(seed: u64) -> Outcome {
         .fail_rate(0.0)
         .repair_rate(0.02)
         .enable_random_order()
+        // turmoil panics when more connections wait to be accepted than
+        // this (default 64), e.g. when a held link releases a burst of
+        // connection attempts at once. Linux's default backlog is 4096.
+        .tcp_capacity(4096)
         .build();
 
     let mut used_ids = BTreeSet::new();

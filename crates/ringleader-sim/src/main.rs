@@ -99,7 +99,20 @@ fn main() -> ExitCode {
     let mut refused = 0;
     let mut simulated = 0.0;
     for s in from..from + k {
-        let o = ringleader_sim::run_seed(s);
+        // A panic (ours or turmoil's) fails this seed, not the whole run.
+        let o = match std::panic::catch_unwind(|| ringleader_sim::run_seed(s)) {
+            Ok(o) => o,
+            Err(panic) => {
+                let why = panic
+                    .downcast_ref::<String>()
+                    .map(String::as_str)
+                    .or_else(|| panic.downcast_ref::<&str>().copied())
+                    .unwrap_or("(no message)");
+                println!("seed {s} PANICKED: {why}");
+                failed.push(s);
+                continue;
+            }
+        };
         simulated += o.simulated.as_secs_f64();
         refused += o.stale_writes_refused;
         worst_convergence = worst_convergence.max(o.converged_after_ms.unwrap_or(0));
