@@ -75,9 +75,37 @@ pub fn holder_revocation(remaining: Duration, drift_ppm: DriftPpm) -> Duration {
     remaining.saturating_sub(margin(remaining, drift_ppm))
 }
 
+/// How much earlier than its own start a new leader may date the session
+/// of the previous epoch's leader.
+///
+/// The old leader's own lease starts when it asked for its last quorum
+/// confirmation. The new leader's quorum of votes shares a voter with that
+/// confirmation's quorum, and that voter refused every vote for
+/// `leader_lease` (openraft's `election_timeout_max`) after the
+/// confirmation: a follower because openraft refuses votes for that long
+/// after it last heard from its leader, the old leader itself because its
+/// [`crate::vote_gate::VoteGate`] does. So the new leader took office at
+/// least `leader_lease` after the old leader's lease started, as measured
+/// by that voter's clock: less the drift margin on the new leader's.
+pub fn predecessor_head_start(leader_lease: Duration, drift_ppm: DriftPpm) -> Duration {
+    leader_lease.saturating_sub(margin(leader_lease, drift_ppm))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_predecessor_head_start_is_less_than_the_voters_lease() {
+        let lease = Duration::from_millis(200);
+        let head = predecessor_head_start(lease, 10_000);
+        assert!(head < lease);
+        assert!(head >= Duration::from_millis(190), "{head:?}");
+        assert_eq!(
+            predecessor_head_start(Duration::ZERO, 10_000),
+            Duration::ZERO
+        );
+    }
     use proptest::prelude::*;
 
     #[test]

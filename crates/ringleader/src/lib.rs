@@ -67,6 +67,7 @@ pub mod state;
 pub mod token;
 pub mod transport;
 pub mod types;
+pub mod vote_gate;
 
 pub use config::{NodeConfig, Timings};
 pub use error::Error;

@@ -12,6 +12,7 @@ use tokio::time::Instant;
 
 use super::Core;
 use crate::error::Error;
+use crate::lease;
 use crate::protocol::{LeaveOutcome, Request, Response};
 use crate::state::{ClusterIdentity, Command};
 use crate::types::{LeaveReason, NodeId, NodeInfo};
@@ -161,6 +162,17 @@ async fn take_office(core: &Arc<Core>, term: u64) -> Result<u64, Error> {
         sessions.clear();
         for id in state.members.keys() {
             sessions.insert(*id, now);
+        }
+        // The previous epoch's leader lost its own lease's basis (a quorum
+        // confirmation) at least a voter's leader lease before this term:
+        // start its session that much earlier, so a crashed leader's
+        // partitions move sooner without shortening anyone's lease.
+        if let Some(previous) = state.leader.filter(|l| *l != core.id) {
+            if sessions.contains_key(&previous) {
+                let t = &core.config.timings;
+                let head = lease::predecessor_head_start(t.election_timeout_max, t.clock_drift_ppm);
+                sessions.insert(previous, now.checked_sub(head).unwrap_or(now));
+            }
         }
     }
     if state.identity.is_none() {

@@ -36,6 +36,7 @@ use crate::runtime::WallClock;
 use crate::transport::handshake::Secret;
 use crate::transport::{self, Net, TcpTransport, TokioNet, Transport, WireConfig, WireStats};
 use crate::types::{NodeId, NodeInfo, Role};
+use crate::vote_gate::VoteGate;
 
 /// Builds and starts a [`Node`].
 ///
@@ -252,6 +253,9 @@ pub(crate) struct Core {
     pub(crate) office_term: AtomicU64,
     /// When a quorum of voters last acknowledged this node as leader.
     quorum_acked_at: Mutex<Option<Instant>>,
+    /// Keeps this node from voting for a successor within a leader lease
+    /// of a quorum confirmation it relies on.
+    vote_gate: Mutex<VoteGate>,
     /// Set when the cluster refused this node for good (e.g. another P).
     refused: Mutex<Option<String>>,
     local_addr: SocketAddr,
@@ -265,6 +269,11 @@ impl Core {
     pub(crate) fn set_refused(&self, reason: String) {
         *self.refused.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason);
         self.view.notify();
+    }
+
+    /// This node's [`VoteGate`].
+    pub(crate) fn vote_gate(&self) -> std::sync::MutexGuard<'_, VoteGate> {
+        self.vote_gate.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// When a quorum last acknowledged this node as leader (alone: now).
@@ -380,13 +389,14 @@ impl Core {
                 }
                 continue;
             }
-            let asked = Instant::now();
+            core.vote_gate().begin_ask(Instant::now());
             let confirmed = tokio::time::timeout(
                 core.config.timings.election_timeout_min,
                 core.raft.ensure_linearizable(),
             )
             .await;
-            if let Ok(Ok(_)) = confirmed {
+            let counted = core.vote_gate().end_ask(matches!(confirmed, Ok(Ok(_))));
+            if let Some(asked) = counted {
                 let mut at = core
                     .quorum_acked_at
                     .lock()
@@ -596,6 +606,7 @@ impl Node {
             heartbeat_now: tokio::sync::Notify::new(),
             office_term: AtomicU64::new(0),
             quorum_acked_at: Mutex::new(None),
+            vote_gate: Mutex::new(VoteGate::default()),
             refused: Mutex::new(None),
             local_addr,
             wall_clock: wall_clock.unwrap_or_else(crate::runtime::system_clock),

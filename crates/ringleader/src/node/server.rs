@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
+use openraft::raft::{VoteRequest, VoteResponse};
 use tokio::time::Instant;
 
 use super::{Core, leader};
@@ -19,6 +20,29 @@ impl Handler for PeerHandler {
     }
 }
 
+/// A vote request, through this node's [`crate::vote_gate::VoteGate`]:
+/// refused without asking Raft within a leader lease of a quorum
+/// confirmation this node's own lease rests on.
+async fn vote(core: &Arc<Core>, rpc: VoteRequest<NodeId>) -> Response {
+    let hold = core.config.timings.election_timeout_max;
+    if !core.vote_gate().try_pass_vote(Instant::now(), hold) {
+        // Our own (lower) vote and no log id: the candidate counts it as
+        // not granted and changes nothing else.
+        let mine = core.raft.metrics().borrow().vote;
+        return Response::Vote(Ok(VoteResponse::new(mine, None, false)));
+    }
+    /// Marks the vote answered even if this future is dropped: Raft got
+    /// the request on the first poll and handles it regardless.
+    struct Answered<'a>(&'a Core);
+    impl Drop for Answered<'_> {
+        fn drop(&mut self) {
+            self.0.vote_gate().vote_done(Instant::now());
+        }
+    }
+    let _answered = Answered(core);
+    Response::Vote(core.raft.vote(rpc).await)
+}
+
 async fn handle(core: &Arc<Core>, request: Request) -> Response {
     match request {
         Request::AppendEntries { target, rpc } => {
@@ -31,7 +55,7 @@ async fn handle(core: &Arc<Core>, request: Request) -> Response {
             if target != core.id {
                 return Response::WrongTarget { actual: core.id };
             }
-            Response::Vote(core.raft.vote(rpc).await)
+            vote(core, rpc).await
         }
         Request::InstallSnapshot { target, rpc } => {
             if target != core.id {
