@@ -17,6 +17,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use rand::rngs::StdRng;
 use rand::seq::{IndexedRandom, SliceRandom};
 use rand::{Rng, SeedableRng};
+use ringleader::clock::Process;
 use ringleader::ownership::Grant;
 use ringleader::transport::Net;
 use ringleader::{Event, Node, Role, Timings};
@@ -172,6 +173,11 @@ struct Slot {
     active: bool,
     /// Set by the driver: leave gracefully.
     leave: bool,
+    /// This host's clock rate (parts per million away from real speed),
+    /// the same for every incarnation (one machine).
+    rate_ppm: i32,
+    /// The running incarnation's process (the driver pauses it).
+    process: Option<Process>,
     node: Option<Node>,
     obs: Obs,
 }
@@ -187,9 +193,11 @@ fn sim_ms() -> u64 {
 }
 
 /// The software of one host: waits until activated, starts a node (a new
-/// incarnation each time it runs), plays a well-behaved application
-/// (releases revoked partitions at once) and samples the node every
-/// millisecond.
+/// incarnation each time it runs) in a [`Process`] running at the host's
+/// clock rate, plays a well-behaved application (releases revoked
+/// partitions at once; paused with the process) and samples the node every
+/// millisecond. The sampler stands outside the process: it keeps asking
+/// while the process is paused, and the node answers by its own clock.
 async fn host_software(
     name: String,
     seeds: Vec<String>,
@@ -202,11 +210,16 @@ async fn host_software(
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let id = lock(&slot).next_id;
+    let (id, rate_ppm) = {
+        let s = lock(&slot);
+        (s.next_id, s.rate_ppm)
+    };
+    let process = Process::new(rate_ppm);
+    lock(&slot).process = Some(process.clone());
     let clock: ringleader::runtime::WallClock = Arc::new(|| {
         turmoil::since_epoch().unwrap_or_else(|| UNIX_EPOCH.elapsed().unwrap_or_default())
     });
-    let node = Node::builder()
+    let builder = Node::builder()
         .name(name.clone())
         .listen(format!("0.0.0.0:{PORT}"))
         .advertise(format!("{name}:{PORT}"))
@@ -216,25 +229,25 @@ async fn host_software(
         .id(id)
         .wall_clock(clock)
         .net(TurmoilNet)
-        .start()
-        .await?;
+        .process(process.clone());
+    let node = process.run(builder.start()).await?;
     lock(&slot).node = Some(node.clone());
     let mut events = node.events();
     let recorder = slot.clone();
     let app = node.clone();
-    tokio::spawn(async move {
+    tokio::spawn(process.run(async move {
         while let Some(event) = events.next().await {
             let ms = sim_ms();
             if let Event::PartitionsRevoking { partitions, .. } = &event {
                 let partitions = partitions.clone();
                 let app = app.clone();
-                tokio::spawn(async move {
+                ringleader::clock::spawn(async move {
                     let _ = app.release(&partitions).await;
                 });
             }
             lock(&recorder).obs.events.push((ms, id, event));
         }
-    });
+    }));
     let mut tick = tokio::time::interval(Duration::from_millis(1));
     loop {
         tick.tick().await;
@@ -271,6 +284,8 @@ enum Undo {
     Release(usize, usize),
     ResetLatency(usize, usize),
     ResetLoss(usize, usize),
+    /// Resume a paused host's process.
+    Resume(usize, Process),
     Nothing,
 }
 
@@ -325,12 +340,14 @@ pub fn run_seed(seed: u64) -> Outcome {
         }
     };
 
+    let rates = clock_rates(seed, n);
     let slots: Vec<Shared> = (0..n).map(|_| Shared::default()).collect();
     for (i, name) in names.iter().enumerate() {
         {
             let mut s = lock(&slots[i]);
             s.next_id = fresh_id(&mut rng);
             s.active = i < initial;
+            s.rate_ppm = rates[i];
         }
         let slot = slots[i].clone();
         let name = name.clone();
@@ -344,6 +361,12 @@ pub fn run_seed(seed: u64) -> Outcome {
     st.trace.push(format!(
         "seed {seed}: {n} hosts ({initial} at start), {partitions} partitions"
     ));
+    let shown: Vec<String> = names
+        .iter()
+        .zip(&rates)
+        .map(|(h, r)| format!("{h} {r:+}"))
+        .collect();
+    st.action(0, format!("clock rates (ppm): {}", shown.join(", ")));
     // Per host: Some(down since) when crashed or left and not back yet.
     let mut down: Vec<bool> = vec![false; n];
     let mut left: Vec<bool> = vec![false; n];
@@ -430,7 +453,8 @@ pub fn run_seed(seed: u64) -> Outcome {
                     }
                     st.action(
                         now,
-                        "heal: network repaired, crashed hosts restarted".into(),
+                        "heal: network repaired, paused hosts resumed, crashed hosts restarted"
+                            .into(),
                     );
                     phase = Phase::Healing;
                     phase_start = now;
@@ -466,9 +490,17 @@ pub fn run_seed(seed: u64) -> Outcome {
                     let healthy = net_faults_active == 0
                         && !down.iter().any(|d| *d)
                         && healthy_voters(&live, &st.leading);
-                    if let Some((what, undo, is_net)) =
-                        pick_fault(&mut rng, &mut sim, &names, &slots, &live, healthy, n, now)
-                    {
+                    if let Some((what, undo, is_net)) = pick_fault(
+                        &mut rng,
+                        &mut sim,
+                        &names,
+                        &slots,
+                        &live,
+                        &st.leading,
+                        healthy,
+                        n,
+                        now,
+                    ) {
                         faults += 1;
                         st.action(now, what);
                         match &undo.1 {
@@ -576,6 +608,37 @@ fn healthy_voters(live: &[(usize, Node)], leading: &BTreeMap<usize, bool>) -> bo
 
 type Pending = (u64, Undo);
 
+/// Each host's clock rate, in parts per million away from real speed,
+/// within the configured bound ρ (`clock_drift_ppm`). Per seed, one of:
+/// uniform in [-ρ, ρ]; each host at -ρ or +ρ exactly; hosts alternately at
+/// +ρ and -ρ (from a random first sign). From its own generator, so the
+/// rest of the seed's schedule does not depend on it.
+pub fn clock_rates(seed: u64, n: usize) -> Vec<i32> {
+    let rho = i32::try_from(sim_timings().clock_drift_ppm).unwrap_or(i32::MAX);
+    let mut rng = StdRng::seed_from_u64(seed ^ 0xc10c_d41f);
+    let style = rng.random_range(0..3);
+    let first = if rng.random_bool(0.5) { rho } else { -rho };
+    (0..n)
+        .map(|i| match style {
+            0 => rng.random_range(-rho..=rho),
+            1 => {
+                if rng.random_bool(0.5) {
+                    rho
+                } else {
+                    -rho
+                }
+            }
+            _ => {
+                if i % 2 == 0 {
+                    first
+                } else {
+                    -first
+                }
+            }
+        })
+        .collect()
+}
+
 #[allow(clippy::too_many_arguments)]
 fn pick_fault(
     rng: &mut StdRng,
@@ -583,13 +646,14 @@ fn pick_fault(
     names: &[String],
     slots: &[Shared],
     live: &[(usize, Node)],
+    leading: &BTreeMap<usize, bool>,
     healthy: bool,
     n: usize,
     now: u64,
 ) -> Option<(String, Pending, bool)> {
     let live_idx: Vec<usize> = live.iter().map(|(i, _)| *i).collect();
     let inactive: Vec<usize> = (0..n).filter(|i| !lock(&slots[*i]).active).collect();
-    let kind = rng.random_range(0..9);
+    let kind = rng.random_range(0..10);
     let pick2 = |rng: &mut StdRng| -> (usize, usize) {
         let a = rng.random_range(0..n);
         let mut b = rng.random_range(0..n - 1);
@@ -718,6 +782,43 @@ fn pick_fault(
                 true,
             ))
         }
+        9 => {
+            // Process pause: often the leader, mostly longer than a lease
+            // (1-3 session timeouts), sometimes shorter (around the
+            // election timeout and the lease's margins).
+            let leader = live_idx
+                .iter()
+                .copied()
+                .find(|i| leading.get(i).copied().unwrap_or(false));
+            let i = match leader {
+                Some(l) if rng.random_bool(0.5) => l,
+                _ => *live_idx.choose(rng)?,
+            };
+            let process = lock(&slots[i]).process.clone()?;
+            if process.is_paused() {
+                return None;
+            }
+            let t = sim_timings();
+            let (lease, session) = (
+                t.lease.as_millis() as u64,
+                t.session_timeout.as_millis() as u64,
+            );
+            let ms = if rng.random_bool(0.75) {
+                rng.random_range(lease..=3 * session)
+            } else {
+                rng.random_range(100..lease)
+            };
+            process.pause();
+            Some((
+                format!(
+                    "pause {}{} for {ms} ms",
+                    names[i],
+                    if leader == Some(i) { " (leader)" } else { "" }
+                ),
+                (now + ms, Undo::Resume(i, process)),
+                true,
+            ))
+        }
         _ => None,
     }
 }
@@ -788,6 +889,10 @@ fn apply_undo(
                 now,
                 format!("latency back to normal {} <-> {}", names[*a], names[*b]),
             );
+        }
+        Undo::Resume(i, process) => {
+            process.resume();
+            st.action(now, format!("resume {}", names[*i]));
         }
         Undo::Nothing => {}
         Undo::ResetLoss(a, b) => {

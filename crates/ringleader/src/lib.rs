@@ -51,6 +51,7 @@
 
 pub mod assignment;
 pub mod bootstrap;
+pub mod clock;
 pub mod config;
 pub mod error;
 pub mod events;

@@ -14,7 +14,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use openraft::{AsyncRuntime, OptionalSend, TokioInstant, TokioRuntime};
+use openraft::{AsyncRuntime, OptionalSend, TokioRuntime};
 use rand::rngs::StdRng;
 use rand::{Rng, RngCore, SeedableRng};
 
@@ -82,18 +82,20 @@ impl rand08::RngCore for RaftRng {
 }
 
 /// openraft's tokio runtime, except that its random source (election
-/// timeouts) is this thread's generator, which a simulator can seed.
+/// timeouts) is this thread's generator, which a simulator can seed, and
+/// that its clock, timers and tasks are the node's ([`crate::clock`]): a
+/// simulated node's openraft runs at that node's clock rate and is paused
+/// with it.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct RaftRuntime;
 
 impl AsyncRuntime for RaftRuntime {
     type JoinError = <TokioRuntime as AsyncRuntime>::JoinError;
     type JoinHandle<T: OptionalSend + 'static> = <TokioRuntime as AsyncRuntime>::JoinHandle<T>;
-    type Sleep = <TokioRuntime as AsyncRuntime>::Sleep;
-    type Instant = TokioInstant;
+    type Sleep = tokio::time::Sleep;
+    type Instant = crate::clock::Instant;
     type TimeoutError = <TokioRuntime as AsyncRuntime>::TimeoutError;
-    type Timeout<R, T: Future<Output = R> + OptionalSend> =
-        <TokioRuntime as AsyncRuntime>::Timeout<R, T>;
+    type Timeout<R, T: Future<Output = R> + OptionalSend> = tokio::time::Timeout<T>;
     type ThreadLocalRng = RaftRng;
     type OneshotSender<T: OptionalSend> = <TokioRuntime as AsyncRuntime>::OneshotSender<T>;
     type OneshotReceiverError = <TokioRuntime as AsyncRuntime>::OneshotReceiverError;
@@ -104,29 +106,29 @@ impl AsyncRuntime for RaftRuntime {
         T: Future + OptionalSend + 'static,
         T::Output: OptionalSend + 'static,
     {
-        TokioRuntime::spawn(future)
+        crate::clock::spawn(future)
     }
 
     fn sleep(duration: Duration) -> Self::Sleep {
-        TokioRuntime::sleep(duration)
+        crate::clock::sleep(duration)
     }
 
     fn sleep_until(deadline: Self::Instant) -> Self::Sleep {
-        TokioRuntime::sleep_until(deadline)
+        crate::clock::sleep_until(deadline)
     }
 
     fn timeout<R, F: Future<Output = R> + OptionalSend>(
         duration: Duration,
         future: F,
     ) -> Self::Timeout<R, F> {
-        TokioRuntime::timeout(duration, future)
+        crate::clock::timeout(duration, future)
     }
 
     fn timeout_at<R, F: Future<Output = R> + OptionalSend>(
         deadline: Self::Instant,
         future: F,
     ) -> Self::Timeout<R, F> {
-        TokioRuntime::timeout_at(deadline, future)
+        crate::clock::timeout_at(deadline, future)
     }
 
     fn is_panic(join_error: &Self::JoinError) -> bool {

@@ -23,7 +23,7 @@
 
 use std::time::Duration;
 
-use tokio::time::Instant;
+use crate::clock::Instant;
 
 /// Confirmation rounds and votes of one node (see the module docs).
 #[derive(Debug, Default)]

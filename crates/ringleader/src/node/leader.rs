@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use crate::clock::Instant;
 use openraft::{ChangeMembers, ServerState};
-use tokio::time::Instant;
 
 use super::Core;
 use crate::error::Error;
@@ -32,7 +32,7 @@ async fn bounded<T, E: std::fmt::Display>(
     what: &str,
     fut: impl std::future::Future<Output = Result<T, E>>,
 ) -> Result<T, Error> {
-    match tokio::time::timeout(raft_deadline(core), fut).await {
+    match crate::clock::timeout(raft_deadline(core), fut).await {
         Ok(result) => result.map_err(raft_err),
         Err(_) => Err(Error::Raft(format!("{what} timed out"))),
     }
@@ -61,7 +61,7 @@ pub(crate) async fn run(core: Arc<Core>) {
     // Expiries, releases and Raft changes wake the loop themselves; the tick
     // only paces retries and revocation deadlines.
     let period = core.config.timings.heartbeat;
-    let mut tick = tokio::time::interval(period);
+    let mut tick = crate::clock::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // The Raft term in which this node last took office.
     let mut in_office: Option<u64> = None;
@@ -73,7 +73,7 @@ pub(crate) async fn run(core: Arc<Core>) {
         tokio::select! {
             _ = core.shutdown.cancelled() => return,
             _ = tick.tick() => {}
-            _ = tokio::time::sleep_until(expiry) => {}
+            _ = crate::clock::sleep_until(expiry) => {}
             _ = core.rebalance_now.notified() => {}
             changed = metrics.changed() => {
                 if changed.is_err() {
@@ -141,7 +141,7 @@ async fn next_whole_second(core: &Core) -> u32 {
     let now = (core.wall_clock)();
     let wait =
         Duration::from_secs(1).saturating_sub(Duration::from_nanos(u64::from(now.subsec_nanos())));
-    tokio::time::sleep(wait).await;
+    crate::clock::sleep(wait).await;
     u32::try_from(now.as_secs() + 1).unwrap_or(u32::MAX)
 }
 
@@ -316,7 +316,7 @@ async fn replacement(
         .min_by_key(|(m, member)| (member.joined_index, **m))
         .map(|(m, member)| (*m, member.info.clone()))?;
     let catch_up = core.raft.add_learner(id, info, true);
-    match tokio::time::timeout(core.config.timings.session_timeout, catch_up).await {
+    match crate::clock::timeout(core.config.timings.session_timeout, catch_up).await {
         Ok(Ok(_)) => Some(id),
         Ok(Err(e)) => {
             tracing::warn!(id, error = %e, "replacement voter could not be added");
@@ -510,7 +510,7 @@ pub(crate) async fn leave(core: &Arc<Core>) -> Result<(), Error> {
         if attempts >= 500 {
             return Err(Error::NoLeader("no leader accepted the leave".into()));
         }
-        tokio::time::sleep(core.config.timings.heartbeat).await;
+        crate::clock::sleep(core.config.timings.heartbeat).await;
     }
 }
 
@@ -523,7 +523,7 @@ async fn leave_as_leader(core: &Arc<Core>) -> Result<(), Error> {
             return Err(Error::NoLeader("lost leadership while leaving".into()));
         }
         let mut changes = core.view.watch();
-        let _ = tokio::time::timeout(core.config.timings.heartbeat, changes.changed()).await;
+        let _ = crate::clock::timeout(core.config.timings.heartbeat, changes.changed()).await;
         if !core.raft_leads() {
             return Box::pin(leave(core)).await;
         }

@@ -9,8 +9,8 @@ use std::sync::atomic::Ordering;
 
 use std::time::Duration;
 
+use crate::clock::Instant;
 use futures::future::join_all;
-use tokio::time::Instant;
 
 use super::Core;
 use crate::bootstrap::{self, Decision, SeedState};
@@ -22,7 +22,7 @@ use crate::protocol::{HeartbeatOutcome, JoinOutcome, Request, Response};
 const MAX_HOPS: usize = 12;
 
 pub(crate) async fn run(core: Arc<Core>) {
-    let mut tick = tokio::time::interval(core.config.timings.heartbeat);
+    let mut tick = crate::clock::interval(core.config.timings.heartbeat);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut joined = false;
     let mut leader_addr: Option<String> = None;

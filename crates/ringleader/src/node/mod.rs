@@ -18,10 +18,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::clock::Instant;
 use openraft::ServerState;
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use self::view::View;
@@ -49,6 +49,7 @@ pub struct NodeBuilder<N: Net = TokioNet> {
     net: N,
     id: Option<NodeId>,
     wall_clock: Option<WallClock>,
+    process: Option<crate::clock::Process>,
 }
 
 impl Default for NodeBuilder {
@@ -65,6 +66,7 @@ impl<N: Net> std::fmt::Debug for NodeBuilder<N> {
             .field("net", &std::any::type_name::<N>())
             .field("id", &self.id)
             .field("custom_wall_clock", &self.wall_clock.is_some())
+            .field("process", &self.process)
             .finish()
     }
 }
@@ -78,6 +80,7 @@ impl NodeBuilder {
             net: TokioNet,
             id: None,
             wall_clock: None,
+            process: None,
         }
     }
 }
@@ -93,6 +96,7 @@ impl<N: Net> NodeBuilder<N> {
             net,
             id: self.id,
             wall_clock: self.wall_clock,
+            process: self.process,
         }
     }
 
@@ -112,6 +116,18 @@ impl<N: Net> NodeBuilder<N> {
     /// back between cluster lives.
     pub fn wall_clock(mut self, clock: WallClock) -> Self {
         self.wall_clock = Some(clock);
+        self
+    }
+
+    /// Runs the node inside `process`: its clock (leases, sessions,
+    /// heartbeats, timeouts, openraft's timers) runs at the process's rate,
+    /// and its tasks, openraft's included, stop while the process is
+    /// paused (see [`crate::clock`]). For simulation; without it (or when
+    /// started inside no process) the node uses tokio's clock. Answers of
+    /// [`Node::owned`] and [`Node::is_leader`] follow the process's clock
+    /// whoever asks.
+    pub fn process(mut self, process: crate::clock::Process) -> Self {
+        self.process = Some(process);
         self
     }
 
@@ -206,6 +222,8 @@ impl<N: Net> NodeBuilder<N> {
 #[derive(Clone)]
 pub struct Node {
     core: Arc<Core>,
+    /// The process the node runs in (simulation only).
+    process: Option<crate::clock::Process>,
 }
 
 /// The state shared by the node's tasks.
@@ -390,7 +408,7 @@ impl Core {
                 continue;
             }
             core.vote_gate().begin_ask(Instant::now());
-            let confirmed = tokio::time::timeout(
+            let confirmed = crate::clock::timeout(
                 core.config.timings.election_timeout_min,
                 core.raft.ensure_linearizable(),
             )
@@ -417,7 +435,7 @@ impl Core {
             }
             tokio::select! {
                 _ = core.shutdown.cancelled() => return,
-                _ = tokio::time::sleep(period) => {}
+                _ = crate::clock::sleep(period) => {}
             }
         }
     }
@@ -516,13 +534,21 @@ impl Node {
         NodeBuilder::default()
     }
 
-    async fn start<N: Net>(builder: NodeBuilder<N>) -> Result<Node, Error> {
+    async fn start<N: Net>(mut builder: NodeBuilder<N>) -> Result<Node, Error> {
+        // Everything the node spawns (openraft included) inherits this.
+        let process = builder.process.take().or_else(crate::clock::current);
+        let core = crate::clock::scope(process.clone(), Self::start_core(builder)).await?;
+        Ok(Node { core, process })
+    }
+
+    async fn start_core<N: Net>(builder: NodeBuilder<N>) -> Result<Arc<Core>, Error> {
         let NodeBuilder {
             config,
             transport,
             net,
             id,
             wall_clock,
+            process: _,
         } = builder;
         config.validate()?;
         if id == Some(0) {
@@ -621,7 +647,7 @@ impl Node {
         );
         let handler: Arc<dyn transport::Handler> = Arc::new(server::PeerHandler(core.clone()));
         let tasks = vec![
-            tokio::spawn(transport::serve(
+            crate::clock::spawn(transport::serve(
                 net,
                 listener,
                 wire,
@@ -629,13 +655,21 @@ impl Node {
                 core.wire_stats.clone(),
                 core.shutdown.clone(),
             )),
-            tokio::spawn(member::run(core.clone())),
-            tokio::spawn(leader::run(core.clone())),
-            tokio::spawn(Core::track_quorum(core.clone())),
-            tokio::spawn(owner::run_ownership(core.clone())),
+            crate::clock::spawn(member::run(core.clone())),
+            crate::clock::spawn(leader::run(core.clone())),
+            crate::clock::spawn(Core::track_quorum(core.clone())),
+            crate::clock::spawn(owner::run_ownership(core.clone())),
         ];
         *core.tasks.lock().unwrap_or_else(|e| e.into_inner()) = tasks;
-        Ok(Node { core })
+        Ok(core)
+    }
+
+    /// Runs `f` on this node's clock, whoever calls.
+    fn enter<R>(&self, f: impl FnOnce() -> R) -> R {
+        match &self.process {
+            Some(process) => process.enter(f),
+            None => f(),
+        }
     }
 
     /// This node's incarnation id.
@@ -666,7 +700,8 @@ impl Node {
     /// Whether this node leads the current epoch: Raft says it leads and the
     /// committed epoch is its own.
     pub fn is_leader(&self) -> bool {
-        self.core.raft_leads() && self.core.view.with(|s, _| s.leader == Some(self.core.id))
+        self.enter(|| self.core.raft_leads())
+            && self.core.view.with(|s, _| s.leader == Some(self.core.id))
     }
 
     /// The leader of the current epoch and the epoch token, as committed.
@@ -684,7 +719,7 @@ impl Node {
     /// Waits until this node is in the member table and knows a leader.
     pub async fn wait_ready(&self, timeout: Duration) -> Result<(), Error> {
         let mut changes = self.core.view.watch();
-        let deadline = Instant::now() + timeout;
+        let deadline = self.enter(Instant::now) + timeout;
         loop {
             if self.is_joined() {
                 return Ok(());
@@ -695,7 +730,8 @@ impl Node {
             if self.core.shutdown.is_cancelled() {
                 return Err(Error::Shutdown);
             }
-            match tokio::time::timeout_at(deadline, changes.changed()).await {
+            let changed = self.enter(|| crate::clock::timeout_at(deadline, changes.changed()));
+            match changed.await {
                 Ok(Ok(())) => {}
                 Ok(Err(_)) => return Err(Error::Shutdown),
                 Err(_) => return Err(Error::NoLeader("not admitted before the deadline".into())),
@@ -737,7 +773,7 @@ impl Node {
             .ownership
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .valid(Instant::now())
+            .valid(self.enter(Instant::now))
     }
 
     /// Tells the leader this node's application stopped working on these
@@ -828,7 +864,8 @@ impl Node {
     /// Gives up on the cluster after `timeout` and shuts down anyway.
     pub async fn leave(&self, timeout: Duration) -> Result<(), Error> {
         self.core.leaving.store(true, Ordering::SeqCst);
-        let result = tokio::time::timeout(timeout, leader::leave(&self.core))
+        let left = async { crate::clock::timeout(timeout, leader::leave(&self.core)).await };
+        let result = crate::clock::scope(self.process.clone(), left)
             .await
             .unwrap_or_else(|_| Err(Error::NoLeader("leave timed out".into())));
         if let Err(e) = &result {

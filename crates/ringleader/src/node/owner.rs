@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use tokio::time::Instant;
+use crate::clock::Instant;
 
 use super::Core;
 use crate::error::Error;
@@ -199,7 +199,7 @@ pub(crate) async fn run_ownership(core: Arc<Core>) {
             _ = core.shutdown.cancelled() => return,
             changed = changes.changed() => if changed.is_err() { return },
             _ = core.ownership_changed.notified() => {}
-            _ = tokio::time::sleep_until(wake) => {}
+            _ = crate::clock::sleep_until(wake) => {}
         }
     }
 }
@@ -316,7 +316,7 @@ pub(crate) fn poke(core: &Arc<Core>, state: &ClusterState, nodes: BTreeSet<NodeI
         };
         let addr = member.info.addr.clone();
         let core = core.clone();
-        tokio::spawn(async move {
+        crate::clock::spawn(async move {
             let request = Request::Poke { target: id };
             let timeout = core.config.timings.rpc_timeout;
             if let Err(e) = core.transport.call(&addr, request, timeout).await {

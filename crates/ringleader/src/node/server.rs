@@ -2,9 +2,9 @@
 
 use std::sync::Arc;
 
+use crate::clock::Instant;
 use futures::future::BoxFuture;
 use openraft::raft::{VoteRequest, VoteResponse};
-use tokio::time::Instant;
 
 use super::{Core, leader};
 use crate::protocol::{HeartbeatOutcome, JoinOutcome, LeaveOutcome, ProbeInfo, Request, Response};

@@ -221,7 +221,7 @@ impl<N: Net> Transport for TcpTransport<N> {
     ) -> BoxFuture<'_, Result<Response, TransportError>> {
         let addr = addr.to_string();
         Box::pin(async move {
-            match tokio::time::timeout(timeout, self.call_inner(&addr, request)).await {
+            match crate::clock::timeout(timeout, self.call_inner(&addr, request)).await {
                 Ok(result) => result,
                 Err(_) => Err(TransportError::Timeout(timeout.as_millis() as u64)),
             }
@@ -259,7 +259,7 @@ pub async fn serve<N: Net>(
             Err(e) => {
                 // EMFILE and friends: back off briefly instead of spinning.
                 tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                crate::clock::sleep(Duration::from_millis(50)).await;
                 continue;
             }
         };
@@ -273,7 +273,7 @@ pub async fn serve<N: Net>(
         let handler = handler.clone();
         let stats = stats.clone();
         let shutdown = shutdown.clone();
-        tokio::spawn(async move {
+        crate::clock::spawn(async move {
             let _permit = permit;
             tokio::select! {
                 _ = shutdown.cancelled() => {}
@@ -292,7 +292,7 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
 ) {
     let mut conn = framed(stream, config.max_frame);
     let handshake = handshake::server(&mut conn, &config.cluster, config.secret.as_ref());
-    match tokio::time::timeout(config.handshake_timeout, handshake).await {
+    match crate::clock::timeout(config.handshake_timeout, handshake).await {
         Ok(Ok(())) => {}
         Ok(Err(TransportError::Handshake(e))) => {
             stats.handshakes_refused.fetch_add(1, Ordering::Relaxed);
@@ -316,7 +316,7 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
         }
     }
     loop {
-        let next = tokio::time::timeout(IDLE_TIMEOUT, recv::<_, Request>(&mut conn)).await;
+        let next = crate::clock::timeout(IDLE_TIMEOUT, recv::<_, Request>(&mut conn)).await;
         let Ok(next) = next else {
             tracing::debug!(%peer, "idle connection closed");
             return;
