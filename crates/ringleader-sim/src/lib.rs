@@ -22,6 +22,8 @@ use ringleader::ownership::Grant;
 use ringleader::transport::Net;
 use ringleader::{Event, Node, Role, Timings};
 
+pub mod scale;
+
 /// The simulated network: turmoil's TCP.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct TurmoilNet;

@@ -2,15 +2,19 @@
 //! trace summary); `--seeds K [--from S]` runs seeds S..S+K and prints a
 //! summary; `--trace` prints the whole trace of a `--seed` run;
 //! `--check-determinism` runs the seed twice and compares trace hashes.
+//! `--nodes N --partitions P` runs scale mode instead (see
+//! `ringleader_sim::scale` and `scale_main` below).
 //! `RINGLEADER_SIM_LOG=<filter>` (e.g. `ringleader=debug,openraft=info`)
 //! prints the nodes' logs on stderr, each line in its host's span.
 
 use std::process::ExitCode;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: ringleader-sim (--seed N [--trace] [--check-determinism] | --seeds K [--from S])"
+        "usage: ringleader-sim (--seed N [--trace] [--check-determinism] | --seeds K [--from S])\n       \
+         ringleader-sim --nodes N [--partitions P] [--seed S] [--per-host K] [--window-s S] \
+         [--deadline-s S] [--tick-ms T] [--poll-ms T] [--reps R] [--quiet]"
     );
     ExitCode::from(2)
 }
@@ -23,6 +27,9 @@ fn main() -> ExitCode {
             .init();
     }
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|a| a == "--nodes") {
+        return scale_main(&args);
+    }
     let mut seed = None;
     let mut seeds = None;
     let mut from = 0u64;
@@ -130,6 +137,48 @@ fn main() -> ExitCode {
         k as f64 / wall
     );
     if failed.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// Scale mode: `--nodes N [--partitions P] [--seed S] [--per-host K]
+/// [--window-s S] [--deadline-s S] [--tick-ms T] [--poll-ms T] [--reps R]
+/// [--quiet]`; prints the table of [`ringleader_sim::scale::ScaleReport`] and
+/// exits 1 if a phase did not reach stable ownership in time.
+fn scale_main(args: &[String]) -> ExitCode {
+    let mut config = ringleader_sim::scale::ScaleConfig::new(100, 4096);
+    config.verbose = true;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        if a == "--quiet" {
+            config.verbose = false;
+            continue;
+        }
+        let Some(v) = it.next().and_then(|v| v.parse::<u64>().ok()) else {
+            return usage();
+        };
+        match a.as_str() {
+            "--nodes" => config.nodes = v as usize,
+            "--partitions" => config.partitions = v as u32,
+            "--seed" => config.seed = v,
+            "--per-host" => config.per_host = v as usize,
+            "--window-s" => config.window = Duration::from_secs(v),
+            "--deadline-s" => config.deadline = Duration::from_secs(v),
+            "--tick-ms" => config.tick = Duration::from_millis(v.max(1)),
+            "--poll-ms" => config.poll = Duration::from_millis(v.max(1)),
+            "--reps" => config.assignment_reps = v as usize,
+            _ => return usage(),
+        }
+    }
+    if config.nodes < 5 || config.partitions == 0 {
+        eprintln!("scale mode needs --nodes >= 5 and --partitions >= 1");
+        return usage();
+    }
+    let report = ringleader_sim::scale::run(&config);
+    println!("{}", report.table());
+    if report.converged() {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
