@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use crate::clock::Instant;
-use openraft::{ChangeMembers, ServerState};
+use openraft::ChangeMembers;
 
 use super::Core;
 use crate::error::Error;
@@ -57,7 +57,11 @@ async fn set_voters(core: &Core, voters: BTreeSet<NodeId>) -> Result<(), Error> 
 
 /// The leader-duty loop; idle while this node does not lead.
 pub(crate) async fn run(core: Arc<Core>) {
-    let mut metrics = core.raft.metrics();
+    // Raft's role, term, leader or membership changing, and newly applied
+    // entries, wake the loop. (Not Raft's full metrics: openraft republishes
+    // those on every message it handles, dozens of times a second.)
+    let mut server = core.raft.server_metrics();
+    let mut applied = core.view.watch();
     // Expiries, releases and Raft changes wake the loop themselves; the tick
     // only paces retries and revocation deadlines.
     let period = core.config.timings.heartbeat;
@@ -65,33 +69,19 @@ pub(crate) async fn run(core: Arc<Core>) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // The Raft term in which this node last took office.
     let mut in_office: Option<u64> = None;
-    let mut last_key: Option<DutyKey> = None;
     loop {
         // Wake exactly when the next session would expire, not a tick later.
         let expiry = next_expiry(&core).unwrap_or_else(|| Instant::now() + period);
-        let mut woke_by_metrics = false;
         tokio::select! {
             _ = core.shutdown.cancelled() => return,
             _ = tick.tick() => {}
             _ = crate::clock::sleep_until(expiry) => {}
             _ = core.rebalance_now.notified() => {}
-            changed = metrics.changed() => {
-                if changed.is_err() {
-                    return;
-                }
-                woke_by_metrics = true;
-            }
+            changed = server.changed() => if changed.is_err() { return },
+            changed = applied.changed() => if changed.is_err() { return },
         }
-        let (term, seen) = {
-            let m = metrics.borrow_and_update();
-            (m.current_term, duty_key(&m))
-        };
-        // Raft reports metrics on every heartbeat answer; only a change of
-        // term, role, leader, membership or applied entries needs a round.
-        if woke_by_metrics && last_key.as_ref() == Some(&seen) {
-            continue;
-        }
-        last_key = Some(seen);
+        let term = server.borrow_and_update().vote.leader_id().get_term();
+        applied.borrow_and_update();
         if !core.raft_leads() {
             // Sessions, doomed members and handoffs are kept while the term
             // lasts: a momentary lapse of the quorum check must not forget
@@ -120,19 +110,6 @@ pub(crate) async fn run(core: Arc<Core>) {
             tracing::warn!(error = %e, "rebalancing failed; will retry");
         }
     }
-}
-
-/// What in Raft's metrics can call for leader duties.
-type DutyKey = (u64, ServerState, Option<NodeId>, Option<u64>, Option<u64>);
-
-fn duty_key(m: &openraft::RaftMetrics<NodeId, NodeInfo>) -> DutyKey {
-    (
-        m.current_term,
-        m.state,
-        m.current_leader,
-        m.last_applied.map(|l| l.index),
-        m.membership_config.log_id().map(|l| l.index),
-    )
 }
 
 /// Waits for the next whole wall-clock second and returns it: the creation
@@ -287,7 +264,22 @@ pub(crate) async fn remove_member(
         if let Some(heir) = replacement(core, &voters, id).await {
             next.insert(heir);
         }
-        set_voters(core, next).await?;
+        if next.len() % 2 == 1 || next.is_empty() {
+            set_voters(core, next).await?;
+        } else {
+            // No replacement yet: keep the departed voter (it stays in the
+            // set until `reconcile_voters` can swap one in). Shrinking to an
+            // even set would gain nothing (it tolerates no more failures)
+            // and could trap the cluster: if the change reached only a
+            // minority before its leader died, and the new set names a node
+            // that is then lost for good (a restart takes a new id), no
+            // candidate could ever win (the simulator found this with a
+            // paused voter, seed 20185).
+            tracing::info!(
+                id,
+                "keeping the departed voter until a replacement has caught up"
+            );
+        }
     }
     if core.sm.state().members.contains_key(&id) {
         write(core, Command::RemoveMember { id, reason }).await?;
@@ -385,8 +377,36 @@ async fn reconcile_voters(core: &Arc<Core>) -> Result<(), Error> {
         .copied()
         .filter(|v| *v != core.id && !state.members.contains_key(v))
         .collect();
+    //    Never to an even set (see `remove_member`): swap a caught-up
+    //    learner in within the same change, starting one first if need be,
+    //    and until then keep the stale voters (they cost no more failures
+    //    to tolerate than the even set would).
     if !stale.is_empty() {
         voters.retain(|v| !stale.contains(v));
+        if voters.len() % 2 == 0 && !voters.is_empty() {
+            let heir = learners
+                .iter()
+                .copied()
+                .find(|l| is_live(l) && caught_up.contains(l));
+            let Some(heir) = heir else {
+                let catching_up = learners.iter().any(is_live);
+                let candidate = state
+                    .members
+                    .iter()
+                    .filter(|(id, _)| is_live(id) && !voters.contains(id))
+                    .min_by_key(|(id, m)| (m.joined_index, **id));
+                if let (false, Some((id, member))) = (catching_up, candidate) {
+                    bounded(
+                        core,
+                        "add learner",
+                        core.raft.add_learner(*id, member.info.clone(), false),
+                    )
+                    .await?;
+                }
+                return Ok(());
+            };
+            voters.insert(heir);
+        }
         tracing::info!(?stale, "removing voters that are no longer members");
         return set_voters(core, voters).await;
     }

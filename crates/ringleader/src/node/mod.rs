@@ -391,7 +391,9 @@ impl Core {
     /// instant, so the record can only err towards an older acknowledgement,
     /// however this process is scheduled.
     async fn track_quorum(core: Arc<Core>) {
-        let mut metrics = core.raft.metrics();
+        // Role changes only: Raft's full metrics are republished on every
+        // message it handles.
+        let mut server = core.raft.server_metrics();
         let period = core.config.timings.raft_heartbeat;
         let mut last_renewal: Option<Instant> = None;
         loop {
@@ -403,7 +405,7 @@ impl Core {
                     .unwrap_or_else(|e| e.into_inner()) = None;
                 tokio::select! {
                     _ = core.shutdown.cancelled() => return,
-                    changed = metrics.changed() => if changed.is_err() { return },
+                    changed = server.changed() => if changed.is_err() { return },
                 }
                 continue;
             }

@@ -52,18 +52,27 @@ impl Core {
     /// For `node`'s revoking partitions, milliseconds until the leader may
     /// take each one (leader only; answered with every heartbeat).
     pub(crate) fn revocations_for(&self, node: NodeId) -> Vec<(u32, u64)> {
-        let state = self.sm.state();
+        // Called on every heartbeat: read in place (no copy of the state),
+        // and take the handoff lock only when something is being revoked.
+        let revoking: Vec<u32> = self.sm.read(|state| {
+            state
+                .partitions
+                .slots()
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| s.owner == Some(node) && s.state == SlotState::Revoking)
+                .map(|(p, _)| u32::try_from(p).unwrap_or(u32::MAX))
+                .collect()
+        });
+        if revoking.is_empty() {
+            return Vec::new();
+        }
         let now = Instant::now();
         let timeout = self.config.timings.revoke_timeout;
         let mut handoff = self.handoff();
-        state
-            .partitions
-            .slots()
-            .iter()
-            .enumerate()
-            .filter(|(_, s)| s.owner == Some(node) && s.state == SlotState::Revoking)
-            .map(|(p, _)| {
-                let p = u32::try_from(p).unwrap_or(u32::MAX);
+        revoking
+            .into_iter()
+            .map(|p| {
                 let left = handoff
                     .deadline(p, now, timeout)
                     .saturating_duration_since(now);
