@@ -178,6 +178,9 @@ struct Slot {
     /// This host's clock rate (parts per million away from real speed),
     /// the same for every incarnation (one machine).
     rate_ppm: i32,
+    /// How long this host's application takes to release a revoked
+    /// partition (`None`: it never does; the revocation deadline applies).
+    release_after: Option<Duration>,
     /// The running incarnation's process (the driver pauses it).
     process: Option<Process>,
     node: Option<Node>,
@@ -196,8 +199,9 @@ fn sim_ms() -> u64 {
 
 /// The software of one host: waits until activated, starts a node (a new
 /// incarnation each time it runs) in a [`Process`] running at the host's
-/// clock rate, plays a well-behaved application (releases revoked
-/// partitions at once; paused with the process) and samples the node every
+/// clock rate, plays the application (releases revoked partitions after
+/// the host's `release_after`, or never; paused with the process) and
+/// samples the node every
 /// millisecond. The sampler stands outside the process: it keeps asking
 /// while the process is paused, and the node answers by its own clock.
 async fn host_software(
@@ -212,9 +216,9 @@ async fn host_software(
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let (id, rate_ppm) = {
+    let (id, rate_ppm, release_after) = {
         let s = lock(&slot);
-        (s.next_id, s.rate_ppm)
+        (s.next_id, s.rate_ppm, s.release_after)
     };
     let process = Process::new(rate_ppm);
     lock(&slot).process = Some(process.clone());
@@ -240,10 +244,15 @@ async fn host_software(
     tokio::spawn(process.run(async move {
         while let Some(event) = events.next().await {
             let ms = sim_ms();
-            if let Event::PartitionsRevoking { partitions, .. } = &event {
+            if let (Event::PartitionsRevoking { partitions, .. }, Some(after)) =
+                (&event, release_after)
+            {
                 let partitions = partitions.clone();
                 let app = app.clone();
                 ringleader::clock::spawn(async move {
+                    if !after.is_zero() {
+                        ringleader::clock::sleep(after).await;
+                    }
                     let _ = app.release(&partitions).await;
                 });
             }
@@ -343,6 +352,7 @@ pub fn run_seed(seed: u64) -> Outcome {
     };
 
     let rates = clock_rates(seed, n);
+    let release_delays = release_delays(seed, n);
     let slots: Vec<Shared> = (0..n).map(|_| Shared::default()).collect();
     for (i, name) in names.iter().enumerate() {
         {
@@ -350,6 +360,7 @@ pub fn run_seed(seed: u64) -> Outcome {
             s.next_id = fresh_id(&mut rng);
             s.active = i < initial;
             s.rate_ppm = rates[i];
+            s.release_after = release_delays[i];
         }
         let slot = slots[i].clone();
         let name = name.clone();
@@ -369,6 +380,18 @@ pub fn run_seed(seed: u64) -> Outcome {
         .map(|(h, r)| format!("{h} {r:+}"))
         .collect();
     st.action(0, format!("clock rates (ppm): {}", shown.join(", ")));
+    let apps: Vec<String> = names
+        .iter()
+        .zip(&release_delays)
+        .map(|(h, d)| match d {
+            Some(d) => format!("{h} {} ms", d.as_millis()),
+            None => format!("{h} never"),
+        })
+        .collect();
+    st.action(
+        0,
+        format!("applications release after: {}", apps.join(", ")),
+    );
     // Per host: Some(down since) when crashed or left and not back yet.
     let mut down: Vec<bool> = vec![false; n];
     let mut left: Vec<bool> = vec![false; n];
@@ -639,6 +662,28 @@ pub fn clock_rates(seed: u64, n: usize) -> Vec<i32> {
             }
         })
         .collect()
+}
+
+/// How long each host's application takes to release a revoked partition
+/// (`None`: never; the leader takes it at the revocation deadline). Per
+/// seed, one of: every application prompt (half the seeds); each one slow,
+/// from 0 to 1.5 revocation timeouts; prompt ones and one that never
+/// releases. From its own generator, like [`clock_rates`].
+pub fn release_delays(seed: u64, n: usize) -> Vec<Option<Duration>> {
+    let mut rng = StdRng::seed_from_u64(seed ^ 0x5e1e_a5ed);
+    let most = sim_timings().revoke_timeout.as_millis() as u64 * 3 / 2;
+    match rng.random_range(0..4) {
+        0 | 1 => vec![Some(Duration::ZERO); n],
+        2 => (0..n)
+            .map(|_| Some(Duration::from_millis(rng.random_range(0..=most))))
+            .collect(),
+        _ => {
+            let stuck = rng.random_range(0..n);
+            (0..n)
+                .map(|i| (i != stuck).then_some(Duration::ZERO))
+                .collect()
+        }
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
