@@ -4,6 +4,7 @@
 
 use std::collections::BTreeSet;
 use std::net::TcpListener;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use ringleader::{Node, NodeBuilder, Role};
@@ -24,13 +25,24 @@ pub fn init_tracing() {
 
 /// Reserves `n` distinct loopback addresses by binding and releasing them.
 pub fn free_addrs(n: usize) -> Vec<String> {
-    let listeners: Vec<TcpListener> = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind loopback"))
-        .collect();
-    listeners
-        .iter()
-        .map(|l| l.local_addr().expect("local addr").to_string())
-        .collect()
+    // Below Linux's ephemeral range (32768-60999): a port from bind(0) that
+    // is closed again before the node binds it can meanwhile be taken by an
+    // outgoing connection of another test (seen: "Address already in use").
+    // Ports here are never handed out twice in one test binary.
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    let start = (std::process::id() * 7919) % SPAN;
+    let mut out = Vec::with_capacity(n);
+    while out.len() < n {
+        let k = NEXT.fetch_add(1, Ordering::Relaxed);
+        assert!(k < SPAN, "free_addrs: no free ports left");
+        let port = LOW + (start + k) % SPAN;
+        if let Ok(l) = TcpListener::bind(("127.0.0.1", port as u16)) {
+            out.push(l.local_addr().expect("local addr").to_string());
+        }
+    }
+    out
 }
 
 /// A builder for a node listening on `addr` with the given seeds.
