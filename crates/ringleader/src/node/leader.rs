@@ -264,7 +264,11 @@ pub(crate) async fn remove_member(
         if let Some(heir) = replacement(core, &voters, id).await {
             next.insert(heir);
         }
-        if next.len() % 2 == 1 || next.is_empty() {
+        // Someone who could take the place later (a non-voter member).
+        let spare = core
+            .sm
+            .read(|s| s.members.keys().any(|m| *m != id && !voters.contains(m)));
+        if next.len() % 2 == 1 || next.is_empty() || !spare {
             set_voters(core, next).await?;
         } else {
             // No replacement yet: keep the departed voter (it stays in the
@@ -388,7 +392,14 @@ async fn reconcile_voters(core: &Arc<Core>) -> Result<(), Error> {
                 .iter()
                 .copied()
                 .find(|l| is_live(l) && caught_up.contains(l));
-            let Some(heir) = heir else {
+            let spare = state.members.keys().any(|m| !voters.contains(m));
+            let Some(heir) = heir.filter(|_| spare) else {
+                if !spare {
+                    // Nobody could ever take the place: shrink (steps 3
+                    // and 4 follow), as a small cluster must.
+                    tracing::info!(?stale, "removing voters that are no longer members");
+                    return set_voters(core, voters).await;
+                }
                 let catching_up = learners.iter().any(is_live);
                 let candidate = state
                     .members
