@@ -274,14 +274,27 @@ class Cluster:
                     return None
                 self.cond.wait(min(left, 0.05))
 
+    def voters_complete(self, target: int = 3) -> bool:
+        """The leader's member table has as many Raft voters as the cluster
+        aims for (the largest odd number up to `target` and the live
+        count): joiners are promoted, so a leader kill is survivable."""
+        leader = self.leader()
+        if leader is None or leader.latest is None:
+            return False
+        want = min(target, len(self.live()))
+        want -= 1 - want % 2
+        roles = [m.get("role") for m in leader.latest.members.values()]
+        return roles.count("voter") == want
+
     def settled(self, timeout: float = 30.0) -> bool:
-        """Every live node is a member, agrees on one leader, and the
-        partitions are balanced over them."""
+        """Every live node is a member, agrees on one leader, the
+        partitions are balanced over them and the voter set is complete."""
         return bool(
             self.wait(
                 lambda: self.members_are(self.live())
                 and self.agreed_leader()
-                and self.balanced(),
+                and self.balanced()
+                and self.voters_complete(),
                 timeout,
             )
         )

@@ -217,6 +217,15 @@ fn three_daemons_agree_survive_a_leader_kill_and_leave_on_sigterm() {
         agreed.is_some()
     });
     let (leader, _) = agreed.unwrap();
+    // A leader kill is survivable once the joiners have been promoted to
+    // voters (until then the first node is the only one).
+    wait_until("all three daemons are Raft voters", || {
+        get_json(&procs[0].http, "/status").is_some_and(|s| {
+            s["members"]
+                .as_array()
+                .is_some_and(|ms| ms.iter().filter(|m| m["role"] == "voter").count() == 3)
+        })
+    });
 
     // Every node answers the key lookup the same way.
     let answers: Vec<Value> = procs

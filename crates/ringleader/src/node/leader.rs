@@ -62,6 +62,12 @@ pub(crate) async fn run(core: Arc<Core>) {
     // those on every message it handles, dozens of times a second.)
     let mut server = core.raft.server_metrics();
     let mut applied = core.view.watch();
+    // While a learner catches up to be promoted, replication progress (in
+    // the full metrics) wakes the loop too, so a promotion follows the
+    // catch-up at once rather than a tick later: until then a new
+    // cluster's first voter is its only one.
+    let mut full = core.raft.metrics();
+    let mut learners_pending = false;
     // Expiries, releases and Raft changes wake the loop themselves; the tick
     // only paces retries and revocation deadlines.
     let period = core.config.timings.heartbeat;
@@ -79,6 +85,7 @@ pub(crate) async fn run(core: Arc<Core>) {
             _ = core.rebalance_now.notified() => {}
             changed = server.changed() => if changed.is_err() { return },
             changed = applied.changed() => if changed.is_err() { return },
+            changed = full.changed(), if learners_pending => if changed.is_err() { return },
         }
         let term = server.borrow_and_update().vote.leader_id().get_term();
         applied.borrow_and_update();
@@ -87,6 +94,7 @@ pub(crate) async fn run(core: Arc<Core>) {
             // lasts: a momentary lapse of the quorum check must not forget
             // an expiry whose removal may still commit. A new term starts
             // afresh in take_office, after committing everything before it.
+            learners_pending = false;
             continue;
         }
         if in_office != Some(term) {
@@ -106,6 +114,13 @@ pub(crate) async fn run(core: Arc<Core>) {
         if let Err(e) = reconcile_voters(&core).await {
             tracing::warn!(error = %e, "voter reconciliation failed; will retry");
         }
+        learners_pending = full
+            .borrow_and_update()
+            .membership_config
+            .membership()
+            .learner_ids()
+            .next()
+            .is_some();
         if let Err(e) = super::owner::rebalance(&core).await {
             tracing::warn!(error = %e, "rebalancing failed; will retry");
         }
