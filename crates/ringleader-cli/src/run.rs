@@ -55,6 +55,15 @@ pub struct RunArgs {
     /// How long an owner has to release a partition being moved, in ms.
     #[arg(long, env = "RINGLEADER_REVOKE_TIMEOUT_MS")]
     pub revoke_timeout_ms: Option<u64>,
+    /// Raft heartbeat (the leader's quorum confirmation) in ms, default 50.
+    /// One AppendEntries call, connect included, must finish within it: on
+    /// slow links raise it together with the election timeout.
+    #[arg(long, env = "RINGLEADER_RAFT_HEARTBEAT_MS")]
+    pub raft_heartbeat_ms: Option<u64>,
+    /// Raft election timeout range in ms as MIN-MAX, default 150-200; must
+    /// be above the Raft heartbeat. Leader failover takes about MAX + MIN..MAX.
+    #[arg(long, env = "RINGLEADER_ELECTION_TIMEOUT_MS", value_parser = parse_range)]
+    pub election_timeout_ms: Option<(u64, u64)>,
     /// Release revoked partitions at once instead of waiting for an
     /// application to do it (for nodes with no application attached, such
     /// as `ringleader dev`).
@@ -94,6 +103,9 @@ pub struct FileConfig {
     session_timeout_ms: Option<u64>,
     lease_ms: Option<u64>,
     revoke_timeout_ms: Option<u64>,
+    raft_heartbeat_ms: Option<u64>,
+    #[serde(default, deserialize_with = "range_from_str")]
+    election_timeout_ms: Option<(u64, u64)>,
     auto_release: Option<bool>,
     log_format: Option<String>,
     log: Option<String>,
@@ -138,12 +150,41 @@ fn with_file(mut args: RunArgs, file: FileConfig) -> RunArgs {
         session_timeout_ms / "HEART_BEAT_CHECK_FREQUENCY",
         lease_ms,
         revoke_timeout_ms,
+        raft_heartbeat_ms,
+        election_timeout_ms,
         log_format,
         log / "RUST_LOG" / "LOG_LEVEL",
         leave_timeout_ms,
     );
     args.auto_release = args.auto_release || file.auto_release.unwrap_or(false);
     args
+}
+
+/// Parses `MIN-MAX` milliseconds, e.g. `150-200`.
+fn parse_range(text: &str) -> Result<(u64, u64), String> {
+    let (min, max) = text
+        .split_once('-')
+        .ok_or_else(|| format!("{text:?}: expected MIN-MAX in ms, e.g. 150-200"))?;
+    let num = |s: &str| {
+        s.trim()
+            .parse::<u64>()
+            .map_err(|e| format!("{text:?}: {s:?}: {e}"))
+    };
+    let (min, max) = (num(min)?, num(max)?);
+    if min >= max {
+        return Err(format!("{text:?}: MIN must be below MAX"));
+    }
+    Ok((min, max))
+}
+
+/// Reads `election-timeout-ms = "150-200"` from the config file.
+fn range_from_str<'de, D>(deserializer: D) -> Result<Option<(u64, u64)>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    let text = <Option<String> as serde::Deserialize>::deserialize(deserializer)?;
+    text.map(|t| parse_range(&t).map_err(serde::de::Error::custom))
+        .transpose()
 }
 
 fn legacy(name: &str) -> Option<String> {
@@ -221,6 +262,13 @@ pub fn config_from(args: &RunArgs) -> anyhow::Result<NodeConfig> {
     }
     if let Some(ms) = args.revoke_timeout_ms {
         timings.revoke_timeout = Duration::from_millis(ms);
+    }
+    if let Some(ms) = args.raft_heartbeat_ms {
+        timings.raft_heartbeat = Duration::from_millis(ms);
+    }
+    if let Some((min, max)) = args.election_timeout_ms {
+        timings.election_timeout_min = Duration::from_millis(min);
+        timings.election_timeout_max = Duration::from_millis(max);
     }
     config.timings = timings;
     if let Some(path) = &args.secret_file {
@@ -431,5 +479,78 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = term.recv() => {}
         _ = int.recv() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        run: RunArgs,
+    }
+
+    fn args(flags: &[&str]) -> RunArgs {
+        let argv = std::iter::once("ringleader").chain(flags.iter().copied());
+        Cli::try_parse_from(argv).expect("flags parse").run
+    }
+
+    #[test]
+    fn election_timeouts_parse_as_a_range() {
+        assert_eq!(parse_range("150-200"), Ok((150, 200)));
+        assert_eq!(parse_range(" 450 - 600 "), Ok((450, 600)));
+        for bad in ["200", "200-150", "150-150", "a-200", "-200", "150-"] {
+            assert!(parse_range(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn raft_timings_reach_the_node_config() {
+        let config = config_from(&args(&[
+            "--raft-heartbeat-ms",
+            "150",
+            "--election-timeout-ms",
+            "450-600",
+        ]))
+        .expect("valid");
+        assert_eq!(config.timings.raft_heartbeat, Duration::from_millis(150));
+        assert_eq!(
+            config.timings.election_timeout_min,
+            Duration::from_millis(450)
+        );
+        assert_eq!(
+            config.timings.election_timeout_max,
+            Duration::from_millis(600)
+        );
+        // Untouched settings keep their defaults.
+        assert_eq!(config.timings.heartbeat, Timings::default().heartbeat);
+    }
+
+    #[test]
+    fn an_election_timeout_below_the_raft_heartbeat_is_refused() {
+        let err = config_from(&args(&[
+            "--raft-heartbeat-ms",
+            "200",
+            "--election-timeout-ms",
+            "150-300",
+        ]))
+        .expect_err("election min below the heartbeat");
+        assert!(err.to_string().contains("election-timeout-ms"), "{err}");
+        assert!(Cli::try_parse_from(["ringleader", "--election-timeout-ms", "300"]).is_err());
+    }
+
+    #[test]
+    fn the_config_file_takes_raft_timings() {
+        let file: FileConfig =
+            toml::from_str("raft-heartbeat-ms = 100\nelection-timeout-ms = \"300-400\"\n")
+                .expect("valid file");
+        let merged = with_file(args(&[]), file);
+        assert_eq!(merged.raft_heartbeat_ms, Some(100));
+        assert_eq!(merged.election_timeout_ms, Some((300, 400)));
+        let bad = toml::from_str::<FileConfig>("election-timeout-ms = \"400-300\"\n");
+        assert!(bad.is_err());
     }
 }

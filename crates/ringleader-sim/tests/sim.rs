@@ -24,6 +24,32 @@ fn many_seeds_hold_every_invariant() {
     assert!(failures.is_empty(), "seeds with violations: {failures:?}");
 }
 
+/// Seeds the 10 000-seed soak once failed, each for a bug since fixed in
+/// the core (see the commit history): a leader that had removed itself from
+/// the voters still acting as leader (5607), and voter-set shrinks that left
+/// the cluster needing a node that was gone for good (the rest). Only
+/// meaningful with `--cfg tokio_unstable` (the soak's interleaving); a
+/// debug build, ten times slower, skips them.
+const REGRESSIONS: [u64; 15] = [
+    676, 1460, 2299, 2998, 3158, 3289, 3432, 3626, 3703, 5607, 7384, 8485, 8529, 8952, 9926,
+];
+
+#[test]
+#[cfg_attr(debug_assertions, ignore = "release builds only (about 75 s in debug)")]
+fn seeds_the_soak_once_failed_pass() {
+    let failures: Vec<u64> = REGRESSIONS
+        .into_iter()
+        .filter(|seed| {
+            let outcome = ringleader_sim::run_seed(*seed);
+            if !outcome.violations.is_empty() {
+                eprint!("{}", outcome.report());
+            }
+            !outcome.violations.is_empty()
+        })
+        .collect();
+    assert!(failures.is_empty(), "seeds with violations: {failures:?}");
+}
+
 /// Same seed, same trace. Needs `RUSTFLAGS="--cfg tokio_unstable"` so that
 /// turmoil can seed each host runtime's RNG (tokio's `select!` picks
 /// branches with it); without it the schedule and the checks still follow

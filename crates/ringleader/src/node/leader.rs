@@ -55,6 +55,43 @@ async fn set_voters(core: &Core, voters: BTreeSet<NodeId>) -> Result<(), Error> 
     .map(|_| ())
 }
 
+/// The voter to drop when a set must get smaller: this node if it is
+/// leaving (it must not stay behind as the voter the rest depend on), else
+/// a suspect, else the latest to join (members no longer in the table count
+/// as latest); never this node otherwise.
+fn voter_to_drop(core: &Core, voters: &BTreeSet<NodeId>) -> Option<NodeId> {
+    if core.leaving.load(std::sync::atomic::Ordering::SeqCst)
+        && voters.contains(&core.id)
+        && voters.len() > 1
+    {
+        return Some(core.id);
+    }
+    let state = core.sm.state();
+    let suspects = core.suspects();
+    voters
+        .iter()
+        .copied()
+        .filter(|v| *v != core.id)
+        .max_by_key(|v| {
+            let joined = state.members.get(v).map_or(u64::MAX, |m| m.joined_index);
+            (suspects.contains(v), joined)
+        })
+}
+
+/// Shrinks a voter set that has to shrink to an odd size, never below one.
+/// An even set tolerates no more failures than the odd one below it, and
+/// needs more of its voters: a 2-voter set needs both, so if the change to
+/// it stalls half done (one of them lost for good: a restart takes a new
+/// id), no candidate can ever win again (the simulator found this with a
+/// paused voter and a restarted one, seed 3289).
+fn shrink_to_odd(core: &Core, voters: &mut BTreeSet<NodeId>) {
+    if voters.len() % 2 == 0 && voters.len() > 1 {
+        if let Some(drop) = voter_to_drop(core, voters) {
+            voters.remove(&drop);
+        }
+    }
+}
+
 /// The leader-duty loop; idle while this node does not lead.
 pub(crate) async fn run(core: Arc<Core>) {
     // Raft's role, term, leader or membership changing, and newly applied
@@ -284,6 +321,8 @@ pub(crate) async fn remove_member(
             .sm
             .read(|s| s.members.keys().any(|m| *m != id && !voters.contains(m)));
         if next.len() % 2 == 1 || next.is_empty() || !spare {
+            // Nobody could ever take the place: shrink, to an odd set.
+            shrink_to_odd(core, &mut next);
             set_voters(core, next).await?;
         } else {
             // No replacement yet: keep the departed voter (it stays in the
@@ -410,9 +449,14 @@ async fn reconcile_voters(core: &Arc<Core>) -> Result<(), Error> {
             let spare = state.members.keys().any(|m| !voters.contains(m));
             let Some(heir) = heir.filter(|_| spare) else {
                 if !spare {
-                    // Nobody could ever take the place: shrink (steps 3
-                    // and 4 follow), as a small cluster must.
-                    tracing::info!(?stale, "removing voters that are no longer members");
+                    // Nobody could ever take the place: shrink, to an odd
+                    // set, as a small cluster must.
+                    shrink_to_odd(core, &mut voters);
+                    tracing::info!(
+                        ?stale,
+                        ?voters,
+                        "removing voters that are no longer members"
+                    );
                     return set_voters(core, voters).await;
                 }
                 let catching_up = learners.iter().any(is_live);
@@ -460,15 +504,7 @@ async fn reconcile_voters(core: &Arc<Core>) -> Result<(), Error> {
     //    but doubles the ways to lose quorum: drop one, a suspect first, else
     //    the latest to join.
     if voters.len() > desired && voters.len() % 2 == 0 {
-        let drop = voters
-            .iter()
-            .copied()
-            .filter(|v| *v != core.id)
-            .max_by_key(|v| {
-                let joined = state.members.get(v).map_or(u64::MAX, |m| m.joined_index);
-                (suspects.contains(v), joined)
-            });
-        if let Some(drop) = drop {
+        if let Some(drop) = voter_to_drop(core, &voters) {
             voters.remove(&drop);
             tracing::info!(demoted = drop, "keeping the voter count odd");
             return set_voters(core, voters).await;

@@ -369,11 +369,20 @@ impl Core {
         if m.state != ServerState::Leader || m.current_leader != Some(self.id) {
             return false;
         }
-        let alone = m
+        // A leader that committed its own removal from the voters stays
+        // Raft leader for a while (openraft lets it replicate that entry),
+        // and the remaining voters' quorum still answers its confirmations;
+        // but they may elect one of themselves at once. It leads nothing.
+        let (member, alone) = m
             .membership_config
             .membership()
             .voter_ids()
-            .all(|v| v == self.id);
+            .fold((false, true), |(member, alone), v| {
+                (member || v == self.id, alone && v == self.id)
+            });
+        if !member {
+            return false;
+        }
         if alone {
             return true;
         }
