@@ -196,7 +196,13 @@ async fn take_office(core: &Arc<Core>, term: u64) -> Result<u64, Error> {
         // confirmation) at least a voter's leader lease before this term:
         // start its session that much earlier, so a crashed leader's
         // partitions move sooner without shortening anyone's lease.
-        if let Some(previous) = state.leader.filter(|l| *l != core.id) {
+        // Not when this node is the only voter: openraft then elects it at
+        // once, with no other voter's refusal and no election timeout
+        // between the previous leader's last confirmation and this term
+        // (soak seed 3536: a leader finished a change to a set without
+        // itself, and the sole remaining voter took office immediately).
+        let sole_voter = core.raft_voters().iter().all(|v| *v == core.id);
+        if let Some(previous) = state.leader.filter(|l| *l != core.id && !sole_voter) {
             if sessions.contains_key(&previous) {
                 let t = &core.config.timings;
                 let head = lease::predecessor_head_start(t.election_timeout_max, t.clock_drift_ppm);
