@@ -210,6 +210,9 @@ pub async fn main(args: DevArgs) -> ExitCode {
     }
     drop(tx);
     let mut alive = children.len();
+    // Without a SIGTERM handler, `kill` or a supervisor ending `dev` would
+    // leave its nodes running.
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
     loop {
         let table_due = table_at;
         let report = tokio::select! {
@@ -226,7 +229,7 @@ pub async fn main(args: DevArgs) -> ExitCode {
                 print_table(&children, &apis, &ready, status.as_ref());
                 continue;
             }
-            _ = tokio::signal::ctrl_c() => {
+            _ = stop_requested(&mut term) => {
                 println!("\nstopping every node ...");
                 // The children got the same Ctrl-C from the terminal when run
                 // interactively; signal them too for when we were signalled alone.
@@ -362,5 +365,21 @@ fn print_table(
     }
     if let Some((_, (pid, _))) = children.iter().next() {
         println!("\nTry: kill -9 {pid}   (and watch the cluster recover)\n");
+    }
+}
+
+/// Resolves on Ctrl-C or, when its handler could be installed, SIGTERM.
+async fn stop_requested(term: &mut Option<tokio::signal::unix::Signal>) {
+    let terminated = async {
+        match term {
+            Some(term) => {
+                term.recv().await;
+            }
+            None => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminated => {}
     }
 }

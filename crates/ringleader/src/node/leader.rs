@@ -113,15 +113,19 @@ pub(crate) async fn run(core: Arc<Core>) {
     // The Raft term in which this node last took office.
     let mut in_office: Option<u64> = None;
     loop {
+        // A node Raft does not make leader has no duty here until its role
+        // changes (`server` says so): it sleeps without a timer, which keeps
+        // an idle follower's wake-ups, and so its CPU, down.
+        let duty = core.raft_thinks_it_leads();
         // Wake exactly when the next session would expire, not a tick later.
         let expiry = next_expiry(&core).unwrap_or_else(|| Instant::now() + period);
         tokio::select! {
             _ = core.shutdown.cancelled() => return,
-            _ = tick.tick() => {}
-            _ = crate::clock::sleep_until(expiry) => {}
-            _ = core.rebalance_now.notified() => {}
+            _ = tick.tick(), if duty => {}
+            _ = crate::clock::sleep_until(expiry), if duty => {}
+            _ = core.rebalance_now.notified(), if duty => {}
             changed = server.changed() => if changed.is_err() { return },
-            changed = applied.changed() => if changed.is_err() { return },
+            changed = applied.changed(), if duty => if changed.is_err() { return },
             changed = full.changed(), if learners_pending => if changed.is_err() { return },
         }
         let term = server.borrow_and_update().vote.leader_id().get_term();
