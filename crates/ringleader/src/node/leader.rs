@@ -526,14 +526,21 @@ async fn reconcile_voters(core: &Arc<Core>) -> Result<(), Error> {
 
     // 4. Promote learners that have caught up; start new learners otherwise.
     //    Nothing here waits for a learner, so the leader keeps expiring
-    //    sessions while a promotion is under way.
+    //    sessions while a promotion is under way. Never to an even set: a
+    //    voter set of two whose newcomer dies for good (a restart comes back
+    //    with a new id) can never commit that voter's removal (soak seed
+    //    9633). Growing from one voter to three therefore waits for two
+    //    caught-up learners and promotes them in one change.
     let needed = desired - voters.len();
-    let ready: Vec<NodeId> = learners
+    let mut ready: Vec<NodeId> = learners
         .iter()
         .copied()
         .filter(|l| is_live(l) && caught_up.contains(l))
         .take(needed)
         .collect();
+    if (voters.len() + ready.len()) % 2 == 0 {
+        ready.pop();
+    }
     if !ready.is_empty() {
         tracing::info!(promoted = ?ready, "promoting members to voters");
         voters.extend(ready);
