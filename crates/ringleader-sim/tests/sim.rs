@@ -27,9 +27,9 @@ fn many_seeds_hold_every_invariant() {
 /// Seeds the 10 000-seed soak once failed, each for a bug since fixed in
 /// the core (see the commit history): a leader that had removed itself from
 /// the voters still acting as leader (5607), a sole voter taking office at
-/// once while the head start assumed an election timeout (3536), and
-/// voter-set shrinks that left the cluster needing a node that was gone for
-/// good (the rest). Only
+/// once while the head start assumed an election timeout (3536), a
+/// promotion to a two-voter set (9633), and voter-set shrinks that left the
+/// cluster needing a node that was gone for good (the rest). Only
 /// meaningful with `--cfg tokio_unstable` (the soak's interleaving); a
 /// debug build, ten times slower, skips them.
 const REGRESSIONS: [u64; 17] = [
