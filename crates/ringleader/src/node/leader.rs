@@ -114,9 +114,15 @@ pub(crate) async fn run(core: Arc<Core>) {
     let mut in_office: Option<u64> = None;
     loop {
         // A node Raft does not make leader has no duty here until its role
-        // changes (`server` says so): it sleeps without a timer, which keeps
-        // an idle follower's wake-ups, and so its CPU, down.
-        let duty = core.raft_thinks_it_leads();
+        // changes: it sleeps without a timer, which keeps an idle follower's
+        // wake-ups, and so its CPU, down. Read the role from `server`, the
+        // channel that wakes us: openraft publishes its full metrics after
+        // it, so on a multi-threaded runtime they can still show the old
+        // role when we wake, and we would then sleep through leadership.
+        let duty = {
+            let s = server.borrow();
+            s.state == openraft::ServerState::Leader && s.current_leader == Some(core.id)
+        };
         // Wake exactly when the next session would expire, not a tick later.
         let expiry = next_expiry(&core).unwrap_or_else(|| Instant::now() + period);
         tokio::select! {
