@@ -11,12 +11,15 @@
 
 use std::cell::RefCell;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use std::pin::Pin;
 
 use openraft::{AsyncRuntime, OptionalSend, TokioRuntime};
 use rand::rngs::StdRng;
 use rand::{Rng, RngCore, SeedableRng};
+use tokio::sync::watch;
 
 thread_local! {
     static RNG: RefCell<StdRng> = RefCell::new(StdRng::from_os_rng());
@@ -92,7 +95,7 @@ pub struct RaftRuntime;
 impl AsyncRuntime for RaftRuntime {
     type JoinError = <TokioRuntime as AsyncRuntime>::JoinError;
     type JoinHandle<T: OptionalSend + 'static> = <TokioRuntime as AsyncRuntime>::JoinHandle<T>;
-    type Sleep = tokio::time::Sleep;
+    type Sleep = RaftSleep;
     type Instant = crate::clock::Instant;
     type TimeoutError = <TokioRuntime as AsyncRuntime>::TimeoutError;
     type Timeout<R, T: Future<Output = R> + OptionalSend> = tokio::time::Timeout<T>;
@@ -106,15 +109,30 @@ impl AsyncRuntime for RaftRuntime {
         T: Future + OptionalSend + 'static,
         T::Output: OptionalSend + 'static,
     {
-        crate::clock::spawn(future)
+        // Every task openraft spawns for a node inherits the node's tick gate.
+        match TICK_GATE.try_with(|gate| gate.clone()) {
+            Ok(gate) => crate::clock::spawn(TICK_GATE.scope(gate, future)),
+            Err(_) => crate::clock::spawn(future),
+        }
     }
 
     fn sleep(duration: Duration) -> Self::Sleep {
-        crate::clock::sleep(duration)
+        Box::pin(crate::clock::sleep(duration))
     }
 
+    /// openraft 0.9 calls `sleep_until` in one place only: the loop that
+    /// sends its core a tick every 1.5 x `heartbeat_interval`
+    /// (`core/tick.rs`; everything else uses `sleep` or `timeout`). So this
+    /// is where a node's [`TickGate`] holds the tick back while it is shut.
     fn sleep_until(deadline: Self::Instant) -> Self::Sleep {
-        crate::clock::sleep_until(deadline)
+        let sleep = crate::clock::sleep_until(deadline);
+        match TICK_GATE.try_with(|gate| gate.clone()) {
+            Ok(gate) => Box::pin(async move {
+                sleep.await;
+                gate.pass().await;
+            }),
+            Err(_) => Box::pin(sleep),
+        }
     }
 
     fn timeout<R, F: Future<Output = R> + OptionalSend>(
@@ -147,6 +165,104 @@ impl AsyncRuntime for RaftRuntime {
     }
 }
 
+/// What [`RaftRuntime`]'s sleeps return: a boxed future, so the tick's sleep
+/// can also wait on the node's [`TickGate`].
+pub type RaftSleep = Pin<Box<dyn Future<Output = ()> + Send + Sync>>;
+
+tokio::task_local! {
+    /// The tick gate of the node the current task belongs to, if any.
+    static TICK_GATE: TickGate;
+}
+
+/// When a node's openraft needs its periodic tick.
+///
+/// openraft wakes every node each 1.5 x `heartbeat_interval` (75 ms by
+/// default) to check its election timeout, send heartbeats (switched off
+/// here) and step down after its own removal. With tokio's timer wheel each
+/// tick costs two or three wake-ups, which were most of an idle node's
+/// CPU, and most ticks find nothing to do:
+///
+/// - a learner, or a node outside the membership, never campaigns: the
+///   gate is shut and the tick waits, without a timer, until the node
+///   becomes a voter ([`TickSwitch::set_needed`]);
+/// - a voter that just accepted an AppendEntries from its leader cannot
+///   campaign before openraft's leader lease plus the shortest election
+///   timeout have passed: the tick is held until then
+///   ([`TickSwitch::hold_until`]) and runs on its normal schedule after.
+///
+/// Holding a tick back only ever delays what openraft would do at it, to no
+/// later than the first instant it could do something, so it changes no
+/// safety argument.
+#[derive(Clone, Debug)]
+pub struct TickGate {
+    needed: watch::Receiver<bool>,
+    hold: Arc<Mutex<Option<crate::clock::Instant>>>,
+}
+
+/// The node's side of its [`TickGate`].
+#[derive(Debug)]
+pub struct TickSwitch {
+    needed: watch::Sender<bool>,
+    hold: Arc<Mutex<Option<crate::clock::Instant>>>,
+}
+
+impl TickGate {
+    /// A gate and its switch; the gate is open at first.
+    pub fn new() -> (TickSwitch, TickGate) {
+        let (tx, rx) = watch::channel(true);
+        let hold = Arc::new(Mutex::new(None));
+        (
+            TickSwitch {
+                needed: tx,
+                hold: hold.clone(),
+            },
+            TickGate { needed: rx, hold },
+        )
+    }
+
+    /// Runs `future` (which should create the node's `openraft::Raft`) so
+    /// that every task openraft spawns from it obeys this gate.
+    pub fn scope<F: Future>(self, future: F) -> impl Future<Output = F::Output> {
+        TICK_GATE.scope(self, future)
+    }
+
+    /// Waits until the tick may run: the gate is open and no hold is left.
+    async fn pass(mut self) {
+        loop {
+            if self.needed.wait_for(|needed| *needed).await.is_err() {
+                // The node is gone: no more ticks; openraft's shutdown
+                // cancels the loop waiting here.
+                std::future::pending::<()>().await;
+            }
+            let hold = *self.hold.lock().unwrap_or_else(|e| e.into_inner());
+            match hold {
+                Some(until) if until > crate::clock::Instant::now() => {
+                    crate::clock::sleep_until(until).await;
+                }
+                _ => return,
+            }
+        }
+    }
+}
+
+impl TickSwitch {
+    /// Opens (`true`) or shuts the gate.
+    pub fn set_needed(&self, needed: bool) {
+        self.needed
+            .send_if_modified(|open| std::mem::replace(open, needed) != needed);
+    }
+
+    /// Holds the tick until `until` (node clock), unless already held
+    /// longer. For a voter that accepted an AppendEntries at `now`:
+    /// `now + leader lease + minimum election timeout`.
+    pub fn hold_until(&self, until: crate::clock::Instant) {
+        let mut hold = self.hold.lock().unwrap_or_else(|e| e.into_inner());
+        if hold.is_none_or(|h| h < until) {
+            *hold = Some(until);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -161,5 +277,59 @@ mod tests {
         let mut rng = RaftRng;
         let x = rand08::Rng::gen_range(&mut rng, 150u64..200);
         assert!((150..200).contains(&x));
+    }
+
+    use crate::clock::Instant;
+
+    /// Whether `future` finishes within `within` of (paused) tokio time.
+    async fn finishes_within(future: impl Future<Output = ()>, within: Duration) -> bool {
+        crate::clock::timeout(within, future).await.is_ok()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_shut_gate_holds_the_tick_until_it_opens() {
+        let (switch, gate) = TickGate::new();
+        switch.set_needed(false);
+        let tick = gate.scope(async {
+            // A task openraft spawns inherits the gate.
+            RaftRuntime::spawn(async {
+                RaftRuntime::sleep_until(Instant::now() + Duration::from_millis(75)).await;
+            })
+        });
+        let handle = tick.await;
+        crate::clock::sleep(Duration::from_secs(5)).await;
+        assert!(!handle.is_finished(), "a tick ran with the gate shut");
+        switch.set_needed(true);
+        assert!(finishes_within(async { handle.await.unwrap() }, Duration::from_millis(1)).await);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_hold_delays_the_tick_to_its_end_and_no_further() {
+        let (switch, gate) = TickGate::new();
+        let start = Instant::now();
+        switch.hold_until(start + Duration::from_millis(350));
+        // An earlier hold does not shorten a later one.
+        switch.hold_until(start + Duration::from_millis(100));
+        gate.clone()
+            .scope(async { RaftRuntime::sleep_until(start + Duration::from_millis(75)).await })
+            .await;
+        let waited = start.elapsed();
+        assert!(
+            waited >= Duration::from_millis(350) && waited < Duration::from_millis(360),
+            "{waited:?}"
+        );
+        // Once the hold is over, ticks keep their own schedule.
+        let again = Instant::now();
+        gate.scope(async { RaftRuntime::sleep_until(again + Duration::from_millis(75)).await })
+            .await;
+        assert_eq!(again.elapsed(), Duration::from_millis(75));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn outside_a_gate_sleeps_are_plain() {
+        let start = Instant::now();
+        RaftRuntime::sleep_until(start + Duration::from_millis(75)).await;
+        RaftRuntime::sleep(Duration::from_millis(25)).await;
+        assert_eq!(start.elapsed(), Duration::from_millis(100));
     }
 }
