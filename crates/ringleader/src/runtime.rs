@@ -290,13 +290,16 @@ mod tests {
     async fn a_shut_gate_holds_the_tick_until_it_opens() {
         let (switch, gate) = TickGate::new();
         switch.set_needed(false);
-        let tick = gate.scope(async {
-            // A task openraft spawns inherits the gate.
-            RaftRuntime::spawn(async {
-                RaftRuntime::sleep_until(Instant::now() + Duration::from_millis(75)).await;
+        // A task openraft spawns inherits the gate.
+        let handle = gate
+            .scope(async {
+                let handle = RaftRuntime::spawn(async {
+                    RaftRuntime::sleep_until(Instant::now() + Duration::from_millis(75)).await;
+                });
+                Ok::<_, ()>(handle)
             })
-        });
-        let handle = tick.await;
+            .await
+            .unwrap();
         crate::clock::sleep(Duration::from_secs(5)).await;
         assert!(!handle.is_finished(), "a tick ran with the gate shut");
         switch.set_needed(true);
