@@ -27,6 +27,9 @@ pub(crate) async fn run(core: Arc<Core>) {
     let mut joined = false;
     let mut leader_addr: Option<String> = None;
     let mut may_elect = true;
+    // Not in the cluster, no leader found, yet still a voter in Raft's own
+    // membership (see below).
+    let mut stranded = false;
     let mut refused_backoff = 0u32;
     loop {
         tokio::select! {
@@ -38,7 +41,18 @@ pub(crate) async fn run(core: Arc<Core>) {
         // may never receive the final membership entry (the leader stops
         // replicating to it), and would otherwise keep raising its term and
         // disturb the leader when it is added back.
-        let is_voter = joined && core.view.with(|s, _| s.voters.contains(&core.id));
+        //
+        // Outside the cluster (expelled, say), a node campaigns only while
+        // it is stranded: no leader answers its join and Raft still counts
+        // it as a voter. The leader may have dropped it from the member
+        // table before its voter change committed; if it then holds the
+        // longest log, the other voters cannot win without it, and with no
+        // leader there is none to disturb (soak seed 24142).
+        let is_voter = if joined {
+            core.view.with(|s, _| s.voters.contains(&core.id))
+        } else {
+            stranded
+        };
         if is_voter != may_elect {
             set_may_elect(&core, is_voter);
             may_elect = is_voter;
@@ -56,7 +70,9 @@ pub(crate) async fn run(core: Arc<Core>) {
                     continue;
                 }
             }
-            if let Some(addr) = join_round(&core).await {
+            let found = join_round(&core).await;
+            stranded = found.is_none() && core.raft_voters().contains(&core.id);
+            if let Some(addr) = found {
                 joined = true;
                 core.clear_refused();
                 leader_addr = Some(addr);
@@ -75,6 +91,7 @@ pub(crate) async fn run(core: Arc<Core>) {
             Beat::Expelled => {
                 tracing::warn!(node = %core.info.name, "the leader no longer knows this node; rejoining");
                 joined = false;
+                stranded = false;
                 core.lose_everything();
                 // Whatever the view says, this node votes in nothing now.
                 set_may_elect(&core, false);

@@ -935,14 +935,18 @@ async fn drive_tick_gate(
     core: Arc<Core>,
 ) {
     loop {
-        let needed = {
+        let (needed, state) = {
             let m = server.borrow_and_update();
-            match m.state {
-                ServerState::Follower | ServerState::Candidate => true,
-                ServerState::Leader => !m.membership_config.voter_ids().any(|v| v == core.id),
-                ServerState::Learner | ServerState::Shutdown => false,
-            }
+            (
+                match m.state {
+                    ServerState::Follower | ServerState::Candidate => true,
+                    ServerState::Leader => !m.membership_config.voter_ids().any(|v| v == core.id),
+                    ServerState::Learner | ServerState::Shutdown => false,
+                },
+                m.state,
+            )
         };
+        tracing::debug!(node = core.id, needed, ?state, "openraft tick gate");
         core.tick.set_needed(needed);
         if server.changed().await.is_err() {
             return;
