@@ -29,16 +29,16 @@ fn many_seeds_hold_every_invariant() {
 /// the voters still acting as leader (5607), a sole voter taking office at
 /// once while the head start assumed an election timeout (3536), a
 /// promotion to a two-voter set (9633), an expelled node with the longest
-/// log that never campaigned while no leader could be found (24142), a
-/// follower tick hold that was tried and dropped (30210, 30842), and
+/// log that never campaigned while no leader could be found (24142), an
+/// openraft tick gate that was tried and dropped (30210, 30842, 40079), and
 /// voter-set shrinks that left the
 /// cluster needing a node that was gone for good (the rest). Replays are
 /// exact only with `--cfg tokio_unstable` (9633 was found by a soak built
 /// without it, whose interleavings vary a little from run to run); a debug
 /// build, ten times slower, skips them.
-const REGRESSIONS: [u64; 20] = [
+const REGRESSIONS: [u64; 21] = [
     676, 1460, 2299, 2998, 3158, 3289, 3432, 3536, 3626, 3703, 5607, 7384, 8485, 8529, 8952, 9633,
-    9926, 24142, 30210, 30842,
+    9926, 24142, 30210, 30842, 40079,
 ];
 
 #[test]
