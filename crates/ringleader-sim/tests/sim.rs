@@ -31,8 +31,8 @@ fn many_seeds_hold_every_invariant() {
 /// promotion to a two-voter set (9633), an expelled node with the longest
 /// log that never campaigned while no leader could be found (24142), an
 /// openraft tick gate that was tried and dropped (30210, 30842, 40079), and
-/// voter-set shrinks that left the
-/// cluster needing a node that was gone for good (the rest). Replays are
+/// voter-set shrinks that left the cluster needing a node that was gone for
+/// good (the rest). Replays are
 /// exact only with `--cfg tokio_unstable` (9633 was found by a soak built
 /// without it, whose interleavings vary a little from run to run); a debug
 /// build, ten times slower, skips them.

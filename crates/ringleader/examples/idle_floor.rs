@@ -68,6 +68,9 @@ fn parse_args() -> Result<Args, String> {
     if args.index >= args.nodes || args.voters == 0 || args.voters > args.nodes {
         return Err("need index < nodes and 1 <= voters <= nodes".into());
     }
+    if args.base_port.checked_add(args.nodes).is_none() {
+        return Err("base-port + nodes must stay below 65536".into());
+    }
     if args.heartbeat.is_zero() || args.raft_heartbeat.is_zero() {
         return Err("intervals must be positive".into());
     }
