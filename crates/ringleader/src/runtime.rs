@@ -14,9 +14,12 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use std::pin::Pin;
+
 use openraft::{AsyncRuntime, OptionalSend, TokioRuntime};
 use rand::rngs::StdRng;
 use rand::{Rng, RngCore, SeedableRng};
+use tokio::sync::watch;
 
 thread_local! {
     static RNG: RefCell<StdRng> = RefCell::new(StdRng::from_os_rng());
@@ -92,7 +95,7 @@ pub struct RaftRuntime;
 impl AsyncRuntime for RaftRuntime {
     type JoinError = <TokioRuntime as AsyncRuntime>::JoinError;
     type JoinHandle<T: OptionalSend + 'static> = <TokioRuntime as AsyncRuntime>::JoinHandle<T>;
-    type Sleep = tokio::time::Sleep;
+    type Sleep = RaftSleep;
     type Instant = crate::clock::Instant;
     type TimeoutError = <TokioRuntime as AsyncRuntime>::TimeoutError;
     type Timeout<R, T: Future<Output = R> + OptionalSend> = tokio::time::Timeout<T>;
@@ -106,15 +109,30 @@ impl AsyncRuntime for RaftRuntime {
         T: Future + OptionalSend + 'static,
         T::Output: OptionalSend + 'static,
     {
-        crate::clock::spawn(future)
+        // Every task openraft spawns for a node inherits the node's tick gate.
+        match TICK_GATE.try_with(|gate| gate.clone()) {
+            Ok(gate) => crate::clock::spawn(TICK_GATE.scope(gate, future)),
+            Err(_) => crate::clock::spawn(future),
+        }
     }
 
     fn sleep(duration: Duration) -> Self::Sleep {
-        crate::clock::sleep(duration)
+        Box::pin(crate::clock::sleep(duration))
     }
 
+    /// openraft 0.9 calls `sleep_until` in one place only: the loop that
+    /// sends its core a tick every 1.5 x `heartbeat_interval`
+    /// (`core/tick.rs`; everything else uses `sleep` or `timeout`). So this
+    /// is where a node's [`TickGate`] holds the tick back while it is shut.
     fn sleep_until(deadline: Self::Instant) -> Self::Sleep {
-        crate::clock::sleep_until(deadline)
+        let sleep = crate::clock::sleep_until(deadline);
+        match TICK_GATE.try_with(|gate| gate.clone()) {
+            Ok(gate) => Box::pin(async move {
+                sleep.await;
+                gate.pass().await;
+            }),
+            Err(_) => Box::pin(sleep),
+        }
     }
 
     fn timeout<R, F: Future<Output = R> + OptionalSend>(
@@ -147,6 +165,67 @@ impl AsyncRuntime for RaftRuntime {
     }
 }
 
+/// What [`RaftRuntime`]'s sleeps return: a boxed future, so the tick's sleep
+/// can also wait on the node's [`TickGate`].
+pub type RaftSleep = Pin<Box<dyn Future<Output = ()> + Send + Sync>>;
+
+tokio::task_local! {
+    /// The tick gate of the node the current task belongs to, if any.
+    static TICK_GATE: TickGate;
+}
+
+/// Whether a node's openraft needs its periodic tick.
+///
+/// openraft wakes every node each 1.5 x `heartbeat_interval` (75 ms by
+/// default) to check its election timeout, send heartbeats (switched off
+/// here) and step down after its own removal. With tokio's timer wheel each
+/// tick costs two or three wake-ups, which were most of an idle member's
+/// CPU. On a learner, a node outside the membership or a leader that is
+/// still a voter, the tick has nothing to do: the node shuts the gate
+/// ([`TickSwitch::set_needed`]) and the tick waits, without a timer, until
+/// it opens again. Voters that follow keep every tick.
+#[derive(Clone, Debug)]
+pub struct TickGate {
+    needed: watch::Receiver<bool>,
+}
+
+/// The node's side of its [`TickGate`].
+#[derive(Debug)]
+pub struct TickSwitch {
+    needed: watch::Sender<bool>,
+}
+
+impl TickGate {
+    /// A gate and its switch; the gate is open at first.
+    pub fn new() -> (TickSwitch, TickGate) {
+        let (tx, rx) = watch::channel(true);
+        (TickSwitch { needed: tx }, TickGate { needed: rx })
+    }
+
+    /// Runs `future` (which should create the node's `openraft::Raft`) so
+    /// that every task openraft spawns from it obeys this gate.
+    pub fn scope<F: Future>(self, future: F) -> impl Future<Output = F::Output> {
+        TICK_GATE.scope(self, future)
+    }
+
+    /// Waits until the gate is open.
+    async fn pass(mut self) {
+        if self.needed.wait_for(|needed| *needed).await.is_err() {
+            // The node is gone: no more ticks; openraft's shutdown cancels
+            // the loop waiting here.
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+impl TickSwitch {
+    /// Opens (`true`) or shuts the gate.
+    pub fn set_needed(&self, needed: bool) {
+        self.needed
+            .send_if_modified(|open| std::mem::replace(open, needed) != needed);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -161,5 +240,40 @@ mod tests {
         let mut rng = RaftRng;
         let x = rand08::Rng::gen_range(&mut rng, 150u64..200);
         assert!((150..200).contains(&x));
+    }
+
+    use crate::clock::Instant;
+
+    /// Whether `future` finishes within `within` of (paused) tokio time.
+    async fn finishes_within(future: impl Future<Output = ()>, within: Duration) -> bool {
+        crate::clock::timeout(within, future).await.is_ok()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_shut_gate_holds_the_tick_until_it_opens() {
+        let (switch, gate) = TickGate::new();
+        switch.set_needed(false);
+        // A task openraft spawns inherits the gate.
+        let handle = gate
+            .scope(async {
+                let handle = RaftRuntime::spawn(async {
+                    RaftRuntime::sleep_until(Instant::now() + Duration::from_millis(75)).await;
+                });
+                Ok::<_, ()>(handle)
+            })
+            .await
+            .unwrap();
+        crate::clock::sleep(Duration::from_secs(5)).await;
+        assert!(!handle.is_finished(), "a tick ran with the gate shut");
+        switch.set_needed(true);
+        assert!(finishes_within(async { handle.await.unwrap() }, Duration::from_millis(1)).await);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn outside_a_gate_sleeps_are_plain() {
+        let start = Instant::now();
+        RaftRuntime::sleep_until(start + Duration::from_millis(75)).await;
+        RaftRuntime::sleep(Duration::from_millis(25)).await;
+        assert_eq!(start.elapsed(), Duration::from_millis(100));
     }
 }

@@ -101,14 +101,16 @@ pub(crate) async fn run(core: Arc<Core>) {
     }
 }
 
-/// Lets Raft campaign on this node or not. Raft's timer only drives
-/// elections here (heartbeats are `Core::track_quorum`'s), so a node that
-/// may not campaign stops it too: otherwise every tick wakes Raft's core and
-/// republishes its metrics, several times a second on every idle member.
+/// Lets Raft campaign on this node or not.
+///
+/// Only `elect` is switched, never openraft's tick: a leader that removes
+/// itself from the voters steps down at a tick after the removal commits,
+/// and this loop may see the View without it first. Switching the tick off
+/// here raced that step-down and could leave a leader outside the voter set
+/// for good (soak seed 40079). The tick's cost on nodes that do not need it
+/// is saved by the node's tick gate instead (`runtime::TickGate`).
 fn set_may_elect(core: &Core, may: bool) {
-    let config = core.raft.runtime_config();
-    config.tick(may);
-    config.elect(may);
+    core.raft.runtime_config().elect(may);
 }
 
 /// The address this node appears under in its seed list: its advertised

@@ -19,6 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::clock::Instant;
+use crate::runtime::{TickGate, TickSwitch};
 use openraft::ServerState;
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
@@ -280,6 +281,8 @@ pub(crate) struct Core {
     /// Wall-clock time since the Unix epoch (the creation stamp).
     pub(crate) wall_clock: WallClock,
     tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// Holds back openraft's tick while it has nothing to do.
+    tick: TickSwitch,
 }
 
 impl Core {
@@ -609,15 +612,17 @@ impl Node {
         let view = Arc::new(View::new(id));
         let sink_view = view.clone();
         let sm = StateMachine::new(Arc::new(move |applied| sink_view.on_applied(applied)));
-        let raft = Raft::new(
-            id,
-            raft_config,
-            NetworkFactory::new(transport.clone()),
-            LogStore::default(),
-            sm.clone(),
-        )
-        .await
-        .map_err(|e| Error::Raft(e.to_string()))?;
+        let (tick_switch, tick_gate) = TickGate::new();
+        let raft = tick_gate
+            .scope(Raft::new(
+                id,
+                raft_config,
+                NetworkFactory::new(transport.clone()),
+                LogStore::default(),
+                sm.clone(),
+            ))
+            .await
+            .map_err(|e| Error::Raft(e.to_string()))?;
         let core = Arc::new(Core {
             id,
             info,
@@ -648,6 +653,7 @@ impl Node {
             local_addr,
             wall_clock: wall_clock.unwrap_or_else(crate::runtime::system_clock),
             tasks: Mutex::new(Vec::new()),
+            tick: tick_switch,
         });
         tracing::info!(
             node = %core.info.name,
@@ -670,6 +676,7 @@ impl Node {
             crate::clock::spawn(leader::run(core.clone())),
             crate::clock::spawn(Core::track_quorum(core.clone())),
             crate::clock::spawn(owner::run_ownership(core.clone())),
+            crate::clock::spawn(drive_tick_gate(core.raft.server_metrics(), core.clone())),
         ];
         *core.tasks.lock().unwrap_or_else(|e| e.into_inner()) = tasks;
         Ok(core)
@@ -912,5 +919,37 @@ impl Node {
     /// Whether [`Node::shutdown`] or [`Node::leave`] has run.
     pub fn is_shut_down(&self) -> bool {
         self.core.shutdown.is_cancelled()
+    }
+}
+
+/// Keeps the node's [`TickGate`] open while openraft counts this node as a
+/// voter (follower or candidate), or as a leader that is no longer a voter
+/// (openraft steps such a leader down at a tick), and shut otherwise: on a
+/// learner, a node outside the membership, or a leader among the voters,
+/// openraft's tick has nothing to do (heartbeats are ours,
+/// [`Core::track_quorum`]). Ends when openraft does.
+async fn drive_tick_gate(
+    mut server: tokio::sync::watch::Receiver<
+        openraft::metrics::RaftServerMetrics<NodeId, NodeInfo>,
+    >,
+    core: Arc<Core>,
+) {
+    loop {
+        let (needed, state) = {
+            let m = server.borrow_and_update();
+            (
+                match m.state {
+                    ServerState::Follower | ServerState::Candidate => true,
+                    ServerState::Leader => !m.membership_config.voter_ids().any(|v| v == core.id),
+                    ServerState::Learner | ServerState::Shutdown => false,
+                },
+                m.state,
+            )
+        };
+        tracing::debug!(node = core.id, needed, ?state, "openraft tick gate");
+        core.tick.set_needed(needed);
+        if server.changed().await.is_err() {
+            return;
+        }
     }
 }
