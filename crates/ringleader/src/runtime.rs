@@ -11,7 +11,7 @@
 
 use std::cell::RefCell;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use std::pin::Pin;
@@ -174,32 +174,50 @@ tokio::task_local! {
     static TICK_GATE: TickGate;
 }
 
-/// Whether a node's openraft needs its periodic tick.
+/// When a node's openraft needs its periodic tick.
 ///
 /// openraft wakes every node each 1.5 x `heartbeat_interval` (75 ms by
 /// default) to check its election timeout, send heartbeats (switched off
 /// here) and step down after its own removal. With tokio's timer wheel each
-/// tick costs two or three wake-ups, which were most of an idle member's
-/// CPU. On a learner, a node outside the membership or a leader that is
-/// still a voter, the tick has nothing to do: the node shuts the gate
-/// ([`TickSwitch::set_needed`]) and the tick waits, without a timer, until
-/// it opens again. Voters that follow keep every tick.
+/// tick costs two or three wake-ups, which were most of an idle node's
+/// CPU, and most ticks find nothing to do:
+///
+/// - a learner, or a node outside the membership, never campaigns: the
+///   gate is shut and the tick waits, without a timer, until the node
+///   becomes a voter ([`TickSwitch::set_needed`]);
+/// - a voter that just accepted an AppendEntries from its leader cannot
+///   campaign before openraft's leader lease plus the shortest election
+///   timeout have passed: the tick is held until then
+///   ([`TickSwitch::hold_until`]) and runs on its normal schedule after.
+///
+/// Holding a tick back only ever delays what openraft would do at it, to no
+/// later than the first instant it could do something, so it changes no
+/// safety argument.
 #[derive(Clone, Debug)]
 pub struct TickGate {
     needed: watch::Receiver<bool>,
+    hold: Arc<Mutex<Option<crate::clock::Instant>>>,
 }
 
 /// The node's side of its [`TickGate`].
 #[derive(Debug)]
 pub struct TickSwitch {
     needed: watch::Sender<bool>,
+    hold: Arc<Mutex<Option<crate::clock::Instant>>>,
 }
 
 impl TickGate {
     /// A gate and its switch; the gate is open at first.
     pub fn new() -> (TickSwitch, TickGate) {
         let (tx, rx) = watch::channel(true);
-        (TickSwitch { needed: tx }, TickGate { needed: rx })
+        let hold = Arc::new(Mutex::new(None));
+        (
+            TickSwitch {
+                needed: tx,
+                hold: hold.clone(),
+            },
+            TickGate { needed: rx, hold },
+        )
     }
 
     /// Runs `future` (which should create the node's `openraft::Raft`) so
@@ -208,12 +226,21 @@ impl TickGate {
         TICK_GATE.scope(self, future)
     }
 
-    /// Waits until the gate is open.
+    /// Waits until the tick may run: the gate is open and no hold is left.
     async fn pass(mut self) {
-        if self.needed.wait_for(|needed| *needed).await.is_err() {
-            // The node is gone: no more ticks; openraft's shutdown cancels
-            // the loop waiting here.
-            std::future::pending::<()>().await;
+        loop {
+            if self.needed.wait_for(|needed| *needed).await.is_err() {
+                // The node is gone: no more ticks; openraft's shutdown
+                // cancels the loop waiting here.
+                std::future::pending::<()>().await;
+            }
+            let hold = *self.hold.lock().unwrap_or_else(|e| e.into_inner());
+            match hold {
+                Some(until) if until > crate::clock::Instant::now() => {
+                    crate::clock::sleep_until(until).await;
+                }
+                _ => return,
+            }
         }
     }
 }
@@ -223,6 +250,16 @@ impl TickSwitch {
     pub fn set_needed(&self, needed: bool) {
         self.needed
             .send_if_modified(|open| std::mem::replace(open, needed) != needed);
+    }
+
+    /// Holds the tick until `until` (node clock), unless already held
+    /// longer. For a voter that accepted an AppendEntries at `now`:
+    /// `now + leader lease + minimum election timeout`.
+    pub fn hold_until(&self, until: crate::clock::Instant) {
+        let mut hold = self.hold.lock().unwrap_or_else(|e| e.into_inner());
+        if hold.is_none_or(|h| h < until) {
+            *hold = Some(until);
+        }
     }
 }
 
@@ -267,6 +304,28 @@ mod tests {
         assert!(!handle.is_finished(), "a tick ran with the gate shut");
         switch.set_needed(true);
         assert!(finishes_within(async { handle.await.unwrap() }, Duration::from_millis(1)).await);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_hold_delays_the_tick_to_its_end_and_no_further() {
+        let (switch, gate) = TickGate::new();
+        let start = Instant::now();
+        switch.hold_until(start + Duration::from_millis(350));
+        // An earlier hold does not shorten a later one.
+        switch.hold_until(start + Duration::from_millis(100));
+        gate.clone()
+            .scope(async { RaftRuntime::sleep_until(start + Duration::from_millis(75)).await })
+            .await;
+        let waited = start.elapsed();
+        assert!(
+            waited >= Duration::from_millis(350) && waited < Duration::from_millis(360),
+            "{waited:?}"
+        );
+        // Once the hold is over, ticks keep their own schedule.
+        let again = Instant::now();
+        gate.scope(async { RaftRuntime::sleep_until(again + Duration::from_millis(75)).await })
+            .await;
+        assert_eq!(again.elapsed(), Duration::from_millis(75));
     }
 
     #[tokio::test(start_paused = true)]

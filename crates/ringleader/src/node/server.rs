@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use crate::clock::Instant;
 use futures::future::BoxFuture;
-use openraft::raft::{VoteRequest, VoteResponse};
+use openraft::raft::{AppendEntriesResponse, VoteRequest, VoteResponse};
 
 use super::{Core, leader};
 use crate::protocol::{HeartbeatOutcome, JoinOutcome, LeaveOutcome, ProbeInfo, Request, Response};
@@ -49,7 +49,23 @@ async fn handle(core: &Arc<Core>, request: Request) -> Response {
             if target != core.id {
                 return Response::WrongTarget { actual: core.id };
             }
-            Response::AppendEntries(core.raft.append_entries(rpc).await)
+            let received = Instant::now();
+            let response = core.raft.append_entries(rpc).await;
+            if let Ok(accepted) = &response {
+                if !matches!(accepted, AppendEntriesResponse::HigherVote(_)) {
+                    // openraft accepted the sender as leader and restarted
+                    // its election timer (after `received`): it will not
+                    // campaign before its leader lease (election_timeout_max)
+                    // and the shortest election timeout have passed.
+                    let t = &core.config.timings;
+                    if let Some(until) =
+                        received.checked_add(t.election_timeout_max + t.election_timeout_min)
+                    {
+                        core.tick.hold_until(until);
+                    }
+                }
+            }
+            Response::AppendEntries(response)
         }
         Request::Vote { target, rpc } => {
             if target != core.id {
