@@ -186,13 +186,13 @@ tokio::task_local! {
 ///   gate is shut and the tick waits, without a timer, until the node
 ///   becomes a voter ([`TickSwitch::set_needed`]);
 /// - a voter that just accepted an AppendEntries from its leader cannot
-///   campaign before openraft's leader lease plus the shortest election
-///   timeout have passed: the tick is held until then
-///   ([`TickSwitch::hold_until`]) and runs on its normal schedule after.
+///   campaign before openraft's leader lease plus its election timeout
+///   have passed: the tick is held ([`TickSwitch::hold_until`], for
+///   [`follower_tick_hold`]) and runs every interval from the hold's end.
 ///
-/// Holding a tick back only ever delays what openraft would do at it, to no
-/// later than the first instant it could do something, so it changes no
-/// safety argument.
+/// Holding a tick back only delays when openraft looks, never to before the
+/// first instant it could act and never by more than a tick interval past
+/// its election deadline; it changes no safety argument.
 #[derive(Clone, Debug)]
 pub struct TickGate {
     needed: watch::Receiver<bool>,
@@ -263,6 +263,37 @@ impl TickSwitch {
     }
 }
 
+/// How long after accepting an AppendEntries a follower's openraft tick is
+/// held ([`TickSwitch::hold_until`]), for election timeouts drawn from
+/// `[min, max)` and openraft's `heartbeat_interval` `raft_heartbeat`.
+///
+/// openraft 0.9 campaigns at the first tick at least `max` (its leader
+/// lease) plus its own election timeout (drawn once in `[min, max)`, and
+/// not visible to us) after the last accepted AppendEntries; its ticks come
+/// every 1.5 x `raft_heartbeat` on their own schedule, so it starts an
+/// election up to one tick interval after that deadline. A held tick runs
+/// at the end of the hold and then every interval from there:
+///
+/// - when `max - min` is at most one tick interval, a hold of `2 x max`
+///   ends at or after every possible deadline, so the election starts at
+///   most `max - min` after its deadline (up to 50 ms with the defaults,
+///   where openraft's own ticks could be 75 ms late);
+/// - otherwise the hold ends at the earliest possible deadline, `max +
+///   min`, and the ticks after it are at most one interval late, as
+///   openraft's own are.
+///
+/// Either way the hold never ends before the earliest instant openraft
+/// could campaign, so holding changes only when a tick happens, never what
+/// openraft decides at it.
+pub fn follower_tick_hold(min: Duration, max: Duration, raft_heartbeat: Duration) -> Duration {
+    let tick = raft_heartbeat.saturating_mul(3) / 2;
+    if max.saturating_sub(min) <= tick {
+        max.saturating_mul(2)
+    } else {
+        max.saturating_add(min)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -326,6 +357,52 @@ mod tests {
         gate.scope(async { RaftRuntime::sleep_until(again + Duration::from_millis(75)).await })
             .await;
         assert_eq!(again.elapsed(), Duration::from_millis(75));
+    }
+
+    /// The first tick a hold lets through, for a tick loop that started at
+    /// zero with interval `tick`: the hold's end if the loop was waiting on
+    /// it (ticks every `tick` from there), as the gate runs it.
+    fn first_tick_at_or_after(deadline: Duration, hold: Duration, tick: Duration) -> Duration {
+        let mut at = hold;
+        while at < deadline {
+            at += tick;
+        }
+        at
+    }
+
+    #[test]
+    fn a_follower_s_hold_never_ends_before_openraft_could_campaign() {
+        let ms = Duration::from_millis;
+        for (min, max, hb) in [
+            (150, 200, 50),
+            (150, 300, 50),
+            (60, 80, 20),
+            (400, 600, 100),
+            (150, 151, 50),
+        ] {
+            let (min, max, hb) = (ms(min), ms(max), ms(hb));
+            let hold = follower_tick_hold(min, max, hb);
+            let tick = hb * 3 / 2;
+            assert!(
+                hold >= max + min,
+                "{hold:?} ends before the earliest election"
+            );
+            // Whatever timeout openraft drew, the election starts no later
+            // than one tick interval after its deadline.
+            let mut timeout = min;
+            while timeout < max {
+                let deadline = max + timeout;
+                let late = first_tick_at_or_after(deadline, hold, tick) - deadline;
+                assert!(
+                    late <= tick,
+                    "{late:?} late for {timeout:?} ({min:?}-{max:?})"
+                );
+                timeout += ms(1);
+            }
+        }
+        // The defaults: held to 400 ms, so at most 50 ms late, not 75.
+        assert_eq!(follower_tick_hold(ms(150), ms(200), ms(50)), ms(400));
+        assert_eq!(follower_tick_hold(ms(150), ms(300), ms(50)), ms(450));
     }
 
     #[tokio::test(start_paused = true)]

@@ -56,11 +56,14 @@ async fn handle(core: &Arc<Core>, request: Request) -> Response {
                     // openraft accepted the sender as leader and restarted
                     // its election timer (after `received`): it will not
                     // campaign before its leader lease (election_timeout_max)
-                    // and the shortest election timeout have passed.
+                    // and its own election timeout have passed.
                     let t = &core.config.timings;
-                    if let Some(until) =
-                        received.checked_add(t.election_timeout_max + t.election_timeout_min)
-                    {
+                    let hold = crate::runtime::follower_tick_hold(
+                        t.election_timeout_min,
+                        t.election_timeout_max,
+                        t.raft_heartbeat,
+                    );
+                    if let Some(until) = received.checked_add(hold) {
                         core.tick.hold_until(until);
                     }
                 }
