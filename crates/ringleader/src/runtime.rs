@@ -11,10 +11,9 @@
 
 use std::cell::RefCell;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
-use std::pin::Pin;
 
 use openraft::{AsyncRuntime, OptionalSend, TokioRuntime};
 use rand::rngs::StdRng;
@@ -254,7 +253,7 @@ impl TickSwitch {
 
     /// Holds the tick until `until` (node clock), unless already held
     /// longer. For a voter that accepted an AppendEntries at `now`:
-    /// `now + leader lease + minimum election timeout`.
+    /// `now +` [`follower_tick_hold`].
     pub fn hold_until(&self, until: crate::clock::Instant) {
         let mut hold = self.hold.lock().unwrap_or_else(|e| e.into_inner());
         if hold.is_none_or(|h| h < until) {
