@@ -29,8 +29,9 @@ fn many_seeds_hold_every_invariant() {
 /// the voters still acting as leader (5607), a sole voter taking office at
 /// once while the head start assumed an election timeout (3536), a
 /// promotion to a two-voter set (9633), an expelled node with the longest
-/// log that never campaigned while no leader could be found (24142), an
-/// openraft tick gate that was tried and dropped (30210, 30842, 40079), and
+/// log that never campaigned while no leader could be found (24142), a
+/// self-removing leader whose step-down tick was switched off before it
+/// came (30210, 30842, 40079: found with the openraft tick gate), and
 /// voter-set shrinks that left the cluster needing a node that was gone for
 /// good (the rest). Replays are
 /// exact only with `--cfg tokio_unstable` (9633 was found by a soak built

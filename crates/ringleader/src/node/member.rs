@@ -91,7 +91,6 @@ pub(crate) async fn run(core: Arc<Core>) {
             Beat::Expelled => {
                 tracing::warn!(node = %core.info.name, "the leader no longer knows this node; rejoining");
                 joined = false;
-                stranded = false;
                 core.lose_everything();
                 // Whatever the view says, this node votes in nothing now.
                 set_may_elect(&core, false);
