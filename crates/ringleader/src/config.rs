@@ -181,7 +181,7 @@ impl NodeConfig {
         let config = openraft::Config {
             cluster_name: self.cluster.clone(),
             heartbeat_interval: t.raft_heartbeat.as_millis() as u64,
-            // The leader's quorum check (`Core::track_quorum`) sends an empty
+            // The leader's quorum check (`node/quorum.rs`) sends an empty
             // AppendEntries to every voter each `raft_heartbeat`: that is a
             // Raft heartbeat, so openraft's own would only double the traffic.
             enable_heartbeat: false,

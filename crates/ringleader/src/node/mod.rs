@@ -9,6 +9,7 @@
 mod leader;
 mod member;
 mod owner;
+mod quorum;
 mod server;
 pub mod view;
 
@@ -396,60 +397,19 @@ impl Core {
         acked.is_some_and(|at| at.elapsed() < self.config.timings.election_timeout_min)
     }
 
-    /// Keeps [`Core::quorum_acked_at`] current while Raft says this node
-    /// leads: every few tens of milliseconds it asks Raft to confirm the
-    /// leadership with a quorum and, when that succeeds, records the instant
-    /// *before* the question was asked. The quorum answered after that
-    /// instant, so the record can only err towards an older acknowledgement,
-    /// however this process is scheduled.
-    async fn track_quorum(core: Arc<Core>) {
-        // Role changes only: Raft's full metrics are republished on every
-        // message it handles.
-        let mut server = core.raft.server_metrics();
-        let period = core.config.timings.raft_heartbeat;
-        let mut last_renewal: Option<Instant> = None;
-        loop {
-            if !core.raft_thinks_it_leads() {
-                last_renewal = None;
-                *core
-                    .quorum_acked_at
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner()) = None;
-                tokio::select! {
-                    _ = core.shutdown.cancelled() => return,
-                    changed = server.changed() => if changed.is_err() { return },
+    /// Moves [`Core::quorum_acked_at`] forward to `at`, or forgets it
+    /// (`None`: this node does not lead).
+    pub(crate) fn set_quorum_acked_at(&self, at: Option<Instant>) {
+        let mut acked = self
+            .quorum_acked_at
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        match at {
+            None => *acked = None,
+            Some(at) => {
+                if acked.is_none_or(|t| t < at) {
+                    *acked = Some(at);
                 }
-                continue;
-            }
-            core.vote_gate().begin_ask(Instant::now());
-            let confirmed = crate::clock::timeout(
-                core.config.timings.election_timeout_min,
-                core.raft.ensure_linearizable(),
-            )
-            .await;
-            let counted = core.vote_gate().end_ask(matches!(confirmed, Ok(Ok(_))));
-            if let Some(asked) = counted {
-                let mut at = core
-                    .quorum_acked_at
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner());
-                if at.is_none_or(|t| t < asked) {
-                    *at = Some(asked);
-                }
-                drop(at);
-                // Re-evaluating this node's grants on every round is wasted
-                // work when idle: a quarter lease apart keeps the lease far
-                // from running out, and a lapse of the quorum is noticed at
-                // once (the owner task wakes when the lease would end).
-                let renew_every = core.config.timings.lease / 4;
-                if last_renewal.is_none_or(|t: Instant| asked.duration_since(t) >= renew_every) {
-                    last_renewal = Some(asked);
-                    core.ownership_changed.notify_one();
-                }
-            }
-            tokio::select! {
-                _ = core.shutdown.cancelled() => return,
-                _ = crate::clock::sleep(period) => {}
             }
         }
     }
@@ -674,7 +634,7 @@ impl Node {
             )),
             crate::clock::spawn(member::run(core.clone())),
             crate::clock::spawn(leader::run(core.clone())),
-            crate::clock::spawn(Core::track_quorum(core.clone())),
+            crate::clock::spawn(quorum::track(core.clone())),
             crate::clock::spawn(owner::run_ownership(core.clone())),
             crate::clock::spawn(drive_tick_gate(core.raft.server_metrics(), core.clone())),
         ];
@@ -927,7 +887,7 @@ impl Node {
 /// (openraft steps such a leader down at a tick), and shut otherwise: on a
 /// learner, a node outside the membership, or a leader among the voters,
 /// openraft's tick has nothing to do (heartbeats are ours,
-/// [`Core::track_quorum`]). Ends when openraft does.
+/// [`quorum::track`]). Ends when openraft does.
 async fn drive_tick_gate(
     mut server: tokio::sync::watch::Receiver<
         openraft::metrics::RaftServerMetrics<NodeId, NodeInfo>,
