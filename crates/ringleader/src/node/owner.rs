@@ -29,6 +29,10 @@ pub(crate) struct Handoff {
     acked: BTreeSet<u32>,
     /// Nodes leaving gracefully: they get no new partitions.
     pub(crate) draining: BTreeSet<NodeId>,
+    /// The state (creation stamp, index) at which the last plan was empty
+    /// with nothing being revoked: until the state or `draining` changes,
+    /// the next plan is empty too, and an idle leader skips computing it.
+    settled: Option<(u32, u64)>,
 }
 
 impl Handoff {
@@ -91,6 +95,7 @@ impl Core {
                 s.owner == Some(node) && s.state == SlotState::Revoking && s.token == *token
             }) {
                 handoff.acked.insert(*p);
+                handoff.settled = None;
             }
         }
         drop(handoff);
@@ -99,7 +104,11 @@ impl Core {
 
     /// Marks `node` as leaving; returns whether it still holds partitions.
     pub(crate) fn drain(&self, node: NodeId) -> bool {
-        self.handoff().draining.insert(node);
+        {
+            let mut handoff = self.handoff();
+            handoff.draining.insert(node);
+            handoff.settled = None;
+        }
         self.rebalance_now.notify_one();
         !self.sm.state().partitions.held_by(node).is_empty()
     }
@@ -222,6 +231,10 @@ pub(crate) async fn rebalance(core: &Arc<Core>) -> Result<(), Error> {
     if !own.is_empty() {
         core.note_released(core.id, &own);
     }
+    let at = core.sm.read(|s| (s.created_secs(), s.index));
+    if own.is_empty() && core.handoff().settled == Some(at) {
+        return Ok(());
+    }
     let state = core.sm.state();
     if state.partitions.is_empty() {
         return Ok(());
@@ -255,6 +268,10 @@ pub(crate) async fn rebalance(core: &Arc<Core>) -> Result<(), Error> {
         )
     };
     if plan.is_empty() {
+        let mut handoff = core.handoff();
+        if handoff.deadlines.is_empty() && (state.created_secs(), state.index) == at {
+            handoff.settled = Some(at);
+        }
         return Ok(());
     }
     tracing::debug!(
