@@ -7,10 +7,11 @@
 //! Node 0 plays the leader, nodes `1..voters` the other voters and the rest
 //! the members:
 //!
-//! - every node except the leader sends a heartbeat to the leader each
+//! - every member (not a voter) sends a heartbeat to the leader each
 //!   `--heartbeat-ms` and waits for the answer;
 //! - the leader sends a quorum confirmation to every other voter each
-//!   `--raft-heartbeat-ms` and waits for their answers.
+//!   `--raft-heartbeat-ms` and waits for their answers (these also keep the
+//!   voters' sessions, so voters send no heartbeats of their own).
 //!
 //! No Raft, no state, no timers beyond those two. `bench/run` measures the
 //! CPU of these processes the same way as the real nodes', so the report can
@@ -146,8 +147,12 @@ async fn run(args: Args) -> std::io::Result<()> {
             voters.push(connect(args.base_port + i).await?);
         }
         ask(voters, args.raft_heartbeat, Bytes::from(vec![7u8; 60])).await
+    } else if args.index < args.voters {
+        // The other voters only answer: the leader's confirmations also keep
+        // their sessions (ringleader::beat).
+        std::future::pending().await
     } else {
-        // Everyone else: a member heartbeat (about 20 bytes) to the leader.
+        // The members: a heartbeat (about 20 bytes) to the leader.
         let leader = connect(args.base_port).await?;
         ask(vec![leader], args.heartbeat, Bytes::from(vec![5u8; 18])).await
     }

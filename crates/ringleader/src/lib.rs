@@ -50,6 +50,7 @@
 //! ```
 
 pub mod assignment;
+pub mod beat;
 pub mod bootstrap;
 pub mod clock;
 pub mod config;

@@ -76,6 +76,11 @@ impl<T: Ord + Copy> Ownership<T> {
         }
     }
 
+    /// When the lease ends (`None`: never renewed).
+    pub fn lease_until(&self) -> Option<T> {
+        self.lease_until
+    }
+
     /// The leader says revoking partition `p` may be worked on until `until`.
     pub fn revocation_deadline(&mut self, p: u32, until: T) {
         self.deadlines.insert(p, until);

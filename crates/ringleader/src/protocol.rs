@@ -17,7 +17,7 @@ use crate::types::{NodeId, NodeInfo};
 
 /// The wire protocol version carried in the handshake. Bump it on any
 /// incompatible change to [`Request`], [`Response`] or the handshake.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// A request from one node to another.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -86,6 +86,33 @@ pub enum Request {
     Poke {
         /// The incarnation the leader means to reach.
         target: NodeId,
+    },
+    /// The leader's quorum round to one voter (`node/quorum.rs`): a Raft
+    /// heartbeat that also keeps the voter's member session, so voters need
+    /// not heartbeat the leader themselves (see [`crate::beat`]). Answered
+    /// with [`Response::AppendEntries`].
+    Beat {
+        /// The incarnation the leader means to reach.
+        target: NodeId,
+        /// An empty AppendEntries carrying the leader's vote.
+        rpc: AppendEntriesRequest<TypeConfig>,
+        /// This round's number, counted by the leader.
+        round: u64,
+        /// The receiver's latest round whose answer renewed its session in
+        /// the leader's table (a leader in office), if one did since the
+        /// previous beat to it.
+        renewed: Option<u64>,
+        /// With `renewed` only, as in a heartbeat's `Ack`: for the
+        /// receiver's revoking partitions, milliseconds until the leader may
+        /// take each one.
+        revocations: Vec<(u32, u64)>,
+        /// With `renewed` only: the members the leader suspects.
+        suspects: Vec<NodeId>,
+        /// The leader's table when it built this beat, as (creation second,
+        /// index): a renewal counts only on a receiver whose own table is at
+        /// least that new, as a heartbeat's answer brings the member's table
+        /// up to the leader's before it renews the lease.
+        table: (u32, u64),
     },
 }
 

@@ -186,3 +186,68 @@ async fn a_late_node_joins_through_any_seed_and_events_tell_the_story() {
     }
     shutdown_all(&nodes).await;
 }
+
+/// Voters keep their sessions and leases on the leader's quorum rounds
+/// (`ringleader::beat`) instead of heartbeating; members still heartbeat.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn voters_ride_on_the_leaders_beats_and_members_heartbeat() {
+    use std::sync::atomic::Ordering::Relaxed;
+    init_tracing();
+    let nodes = start_cluster(5).await;
+    let agreed = wait_agreement(&nodes, 3, "5 nodes agree").await;
+    let followers: Vec<&ringleader::Node> = nodes
+        .iter()
+        .filter(|n| agreed.voters.contains(&n.id()) && n.id() != agreed.leader)
+        .collect();
+    let members: Vec<&ringleader::Node> = nodes
+        .iter()
+        .filter(|n| !agreed.voters.contains(&n.id()))
+        .collect();
+    assert_eq!((followers.len(), members.len()), (2, 2));
+    let beats = |n: &ringleader::Node| n.stats().renewals_by_beat.load(Relaxed);
+    let heartbeats = |n: &ringleader::Node| n.stats().renewals_by_heartbeat.load(Relaxed);
+    wait_until("beats renew both follower voters", || {
+        followers.iter().all(|n| beats(n) >= 10)
+    })
+    .await;
+    let before: Vec<(u64, u64)> = nodes.iter().map(|n| (beats(n), heartbeats(n))).collect();
+    // About two seconds of beats (one every 50 ms).
+    wait_until("40 more beat renewals on each follower voter", || {
+        followers.iter().all(|n| {
+            beats(n) >= before[nodes.iter().position(|m| m.id() == n.id()).unwrap()].0 + 40
+        })
+    })
+    .await;
+    wait_until("members renewed by 5 more heartbeats", || {
+        members.iter().all(|n| {
+            let i = nodes.iter().position(|m| m.id() == n.id()).unwrap();
+            heartbeats(n) >= before[i].1 + 5
+        })
+    })
+    .await;
+    for (i, n) in nodes.iter().enumerate() {
+        let (b, h) = (beats(n) - before[i].0, heartbeats(n) - before[i].1);
+        if followers.iter().any(|f| f.id() == n.id()) {
+            // A voter heartbeats only when poked, with releases to report or
+            // when beats stopped renewing it: rarely while idle.
+            assert!(
+                h * 4 < b,
+                "follower voter {}: {h} heartbeats vs {b} beats",
+                n.info().name
+            );
+        } else if members.iter().any(|m| m.id() == n.id()) {
+            assert_eq!(b, 0, "member {}: no beats reach members", n.info().name);
+        }
+    }
+    // And the partitions are all held, each by one node.
+    wait_until("all 16 partitions held, each once", || {
+        let held: Vec<u32> = nodes
+            .iter()
+            .flat_map(|n| n.owned().into_iter().map(|g| g.partition))
+            .collect();
+        let distinct: std::collections::BTreeSet<u32> = held.iter().copied().collect();
+        held.len() == 16 && distinct.len() == 16
+    })
+    .await;
+    shutdown_all(&nodes).await;
+}

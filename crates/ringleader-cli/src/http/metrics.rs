@@ -69,7 +69,7 @@ pub async fn render(State(api): State<Api>) -> Response {
 
     let wire = node.wire_stats();
     let stats = node.stats();
-    let counters: [(&str, &str, &AtomicU64); 9] = [
+    let counters: [(&str, &str, &AtomicU64); 11] = [
         (
             "frames_rejected",
             "Peer connections closed for a malformed, truncated or oversized frame",
@@ -114,6 +114,16 @@ pub async fn render(State(api): State<Api>) -> Response {
             "partitions_lost",
             "Partitions this node lost without releasing them",
             &stats.partitions_lost,
+        ),
+        (
+            "lease_renewals_by_heartbeat",
+            "Lease renewals by this node's own acknowledged heartbeats",
+            &stats.renewals_by_heartbeat,
+        ),
+        (
+            "lease_renewals_by_beat",
+            "Lease renewals by the leader's quorum rounds (voters, which then skip their own heartbeats)",
+            &stats.renewals_by_beat,
         ),
     ];
     for (name, help, value) in counters {

@@ -32,11 +32,11 @@ pub(crate) async fn run(core: Arc<Core>) {
     let mut stranded = false;
     let mut refused_backoff = 0u32;
     loop {
-        tokio::select! {
+        let poked = tokio::select! {
             _ = core.shutdown.cancelled() => return,
-            _ = tick.tick() => {}
-            _ = core.heartbeat_now.notified() => {}
-        }
+            _ = tick.tick() => false,
+            _ = core.heartbeat_now.notified() => true,
+        };
         // Only a committed voter may campaign. A voter removed from the set
         // may never receive the final membership entry (the leader stops
         // replicating to it), and would otherwise keep raising its term and
@@ -85,6 +85,18 @@ pub(crate) async fn run(core: Arc<Core>) {
         if core.raft_leads() {
             continue;
         }
+        // A voter's session and lease ride on the leader's beats
+        // (crate::beat). Its own heartbeat still goes out when the leader
+        // poked it, when it has releases to report, and whenever the beats
+        // stop renewing it: a new leader, or one that no longer knows it.
+        if !poked
+            && core
+                .beats()
+                .covers(Instant::now(), core.config.timings.heartbeat)
+            && core.pending_releases().is_empty()
+        {
+            continue;
+        }
         match heartbeat_round(&core, &mut leader_addr).await {
             Beat::Renewed | Beat::NoLeader => {}
             Beat::Expelled if leaving => {}
@@ -97,6 +109,28 @@ pub(crate) async fn run(core: Arc<Core>) {
                 may_elect = false;
             }
         }
+    }
+}
+
+impl Core {
+    /// Renews this node's lease from `since`, an instant before the leader
+    /// renewed its session, and sets the deadlines of its revoking
+    /// partitions (`revocations`: partition, milliseconds the leader left
+    /// it, counted from no earlier than `since`). Returns whether the lease
+    /// had ended (or never started) before.
+    pub(crate) fn renew_lease(&self, since: Instant, revocations: Vec<(u32, u64)>) -> bool {
+        let t = &self.config.timings;
+        let mut ownership = self.ownership.lock().unwrap_or_else(|e| e.into_inner());
+        let lapsed = ownership
+            .lease_until()
+            .is_none_or(|until| until <= Instant::now());
+        ownership.renew(since + lease::holder_validity(t.lease, t.clock_drift_ppm));
+        for (p, ms) in revocations {
+            let left = Duration::from_millis(ms);
+            ownership
+                .revocation_deadline(p, since + lease::holder_revocation(left, t.clock_drift_ppm));
+        }
+        lapsed
     }
 }
 
@@ -307,18 +341,10 @@ async fn heartbeat_round(core: &Arc<Core>, leader_addr: &mut Option<String>) -> 
                 suspects,
                 revocations,
             })) => {
-                let t = &core.config.timings;
-                {
-                    let mut ownership = core.ownership.lock().unwrap_or_else(|e| e.into_inner());
-                    ownership.renew(sent + lease::holder_validity(t.lease, t.clock_drift_ppm));
-                    for (p, ms) in revocations {
-                        let left = Duration::from_millis(ms);
-                        ownership.revocation_deadline(
-                            p,
-                            sent + lease::holder_revocation(left, t.clock_drift_ppm),
-                        );
-                    }
-                }
+                let _ = core.renew_lease(sent, revocations);
+                core.stats
+                    .renewals_by_heartbeat
+                    .fetch_add(1, Ordering::Relaxed);
                 core.view.on_update(update, suspects);
                 core.ownership_changed.notify_one();
                 let rtt = u64::try_from(sent.elapsed().as_micros()).unwrap_or(u64::MAX);

@@ -27,6 +27,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use self::view::View;
+use crate::beat::BeatLedger;
 use crate::config::{NodeConfig, Timings};
 use crate::error::Error;
 use crate::events::EventStream;
@@ -276,6 +277,8 @@ pub(crate) struct Core {
     /// Keeps this node from voting for a successor within a leader lease
     /// of a quorum confirmation it relies on.
     vote_gate: Mutex<VoteGate>,
+    /// The leader's beats this node answered and what they renewed.
+    beats: Mutex<BeatLedger>,
     /// Set when the cluster refused this node for good (e.g. another P).
     refused: Mutex<Option<String>>,
     local_addr: SocketAddr,
@@ -291,6 +294,11 @@ impl Core {
     pub(crate) fn set_refused(&self, reason: String) {
         *self.refused.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason);
         self.view.notify();
+    }
+
+    /// This node's [`BeatLedger`].
+    pub(crate) fn beats(&self) -> std::sync::MutexGuard<'_, BeatLedger> {
+        self.beats.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// This node's [`VoteGate`].
@@ -460,6 +468,10 @@ pub struct NodeStats {
     pub heartbeat_rtt_micros: AtomicU64,
     /// Partitions this node lost without releasing them.
     pub partitions_lost: AtomicU64,
+    /// Lease renewals by this node's own acknowledged heartbeats.
+    pub renewals_by_heartbeat: AtomicU64,
+    /// Lease renewals by the leader's beats (voters only, [`crate::beat`]).
+    pub renewals_by_beat: AtomicU64,
 }
 
 /// One row of [`Status::members`].
@@ -608,6 +620,7 @@ impl Node {
             heartbeat_now: tokio::sync::Notify::new(),
             office_term: AtomicU64::new(0),
             quorum_acked_at: Mutex::new(None),
+            beats: Mutex::new(BeatLedger::default()),
             vote_gate: Mutex::new(VoteGate::default()),
             refused: Mutex::new(None),
             local_addr,

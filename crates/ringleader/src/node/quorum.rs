@@ -17,7 +17,7 @@
 //! (`prev_log_id` and `leader_commit` are `None`), so a follower's log and
 //! commit index are left to openraft's own replication.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use futures::StreamExt;
@@ -86,9 +86,18 @@ enum Answer {
     Nothing,
 }
 
+/// What one beat tells its voter besides the vote.
+struct News {
+    round: u64,
+    renewed: Option<u64>,
+    revocations: Vec<(u32, u64)>,
+    suspects: Vec<NodeId>,
+    table: (u32, u64),
+}
+
 /// Asks one voter to accept `vote` as its leader's.
-async fn ask(core: &Core, target: NodeId, addr: &str, vote: Vote<NodeId>) -> Answer {
-    let request = Request::AppendEntries {
+async fn ask(core: &Core, target: NodeId, addr: &str, vote: Vote<NodeId>, news: News) -> Answer {
+    let request = Request::Beat {
         target,
         rpc: AppendEntriesRequest {
             vote,
@@ -96,6 +105,11 @@ async fn ask(core: &Core, target: NodeId, addr: &str, vote: Vote<NodeId>) -> Ans
             entries: Vec::new(),
             leader_commit: None,
         },
+        round: news.round,
+        renewed: news.renewed,
+        revocations: news.revocations,
+        suspects: news.suspects,
+        table: news.table,
     };
     let timeout = core.config.timings.raft_heartbeat;
     match core.transport.call(addr, request, timeout).await {
@@ -107,6 +121,16 @@ async fn ask(core: &Core, target: NodeId, addr: &str, vote: Vote<NodeId>) -> Ans
     }
 }
 
+/// Renews the member session of voter `id`, which just accepted a beat, as
+/// its own heartbeat would have: only while this node acts as leader in
+/// office, and only a live session of a member.
+fn renew_session(core: &Core, id: NodeId) -> bool {
+    core.raft_leads()
+        && core.in_office()
+        && core.sm.read(|s| s.members.contains_key(&id))
+        && core.touch_if_fresh(id)
+}
+
 /// Keeps [`Core::quorum_acked_at`] current while openraft says this node
 /// leads, one round every `raft_heartbeat` (see the module docs).
 pub(super) async fn track(core: Arc<Core>) {
@@ -115,9 +139,14 @@ pub(super) async fn track(core: Arc<Core>) {
     let mut server = core.raft.server_metrics();
     let period = core.config.timings.raft_heartbeat;
     let mut last_renewal: Option<Instant> = None;
+    let mut round_no: u64 = 0;
+    // Per voter, the latest round whose answer renewed its member session
+    // and that the next beat to it has yet to confirm.
+    let mut renewals: BTreeMap<NodeId, u64> = BTreeMap::new();
     loop {
         let Some(round) = Round::current(&core) else {
             last_renewal = None;
+            renewals.clear();
             core.set_quorum_acked_at(None);
             tokio::select! {
                 _ = core.shutdown.cancelled() => return,
@@ -148,10 +177,36 @@ pub(super) async fn track(core: Arc<Core>) {
             end(&core, true);
             ended = true;
         }
+        round_no += 1;
+        let suspects: Vec<NodeId> = if renewals.is_empty() {
+            Vec::new()
+        } else {
+            core.suspects().into_iter().collect()
+        };
+        // Read before the revocations below: a receiver whose table is at
+        // least this new knows every revocation up to here, and the list
+        // carries those still running.
+        let table = core.sm.read(|s| (s.created_secs(), s.index));
         let mut answers: FuturesUnordered<_> = round
             .targets
             .iter()
-            .map(|(id, addr)| ask(&core, *id, addr, round.vote))
+            .map(|(id, addr)| {
+                let renewed = renewals.remove(id);
+                let news = News {
+                    round: round_no,
+                    renewed,
+                    revocations: match renewed {
+                        Some(_) => core.revocations_for(*id),
+                        None => Vec::new(),
+                    },
+                    suspects: match renewed {
+                        Some(_) => suspects.clone(),
+                        None => Vec::new(),
+                    },
+                    table,
+                };
+                ask(&core, *id, addr, round.vote, news)
+            })
             .collect();
         // Every call runs to its end (at most `raft_heartbeat`): dropping one
         // half-way would drop its pooled connection too.
@@ -161,6 +216,9 @@ pub(super) async fn track(core: Arc<Core>) {
         } {
             match answer {
                 Answer::Accepted(id) => {
+                    if renew_session(&core, id) {
+                        renewals.insert(id, round_no);
+                    }
                     granted.insert(id);
                     if !ended && is_joint_quorum(&round.configs, &granted) {
                         end(&core, true);

@@ -43,29 +43,83 @@ async fn vote(core: &Arc<Core>, rpc: VoteRequest<NodeId>) -> Response {
     Response::Vote(core.raft.vote(rpc).await)
 }
 
+/// Hands an AppendEntries to Raft; also says whether Raft accepted the
+/// sender as its leader.
+async fn append_entries(
+    core: &Arc<Core>,
+    rpc: openraft::raft::AppendEntriesRequest<crate::raft::TypeConfig>,
+    received: Instant,
+) -> (
+    Result<AppendEntriesResponse<NodeId>, openraft::error::RaftError<NodeId>>,
+    bool,
+) {
+    let response = core.raft.append_entries(rpc).await;
+    let accepted = matches!(
+        &response,
+        Ok(r) if !matches!(r, AppendEntriesResponse::HigherVote(_))
+    );
+    if accepted {
+        // openraft accepted the sender as leader and restarted its election
+        // timer (after `received`): it will not campaign before its leader
+        // lease (election_timeout_max) and its own election timeout have
+        // passed.
+        let t = &core.config.timings;
+        let hold = crate::runtime::follower_tick_hold(
+            t.election_timeout_min,
+            t.election_timeout_max,
+            t.raft_heartbeat,
+        );
+        if let Some(until) = received.checked_add(hold) {
+            core.tick.hold_until(until);
+        }
+    }
+    (response, accepted)
+}
+
 async fn handle(core: &Arc<Core>, request: Request) -> Response {
     match request {
         Request::AppendEntries { target, rpc } => {
             if target != core.id {
                 return Response::WrongTarget { actual: core.id };
             }
+            Response::AppendEntries(append_entries(core, rpc, Instant::now()).await.0)
+        }
+        Request::Beat {
+            target,
+            rpc,
+            round,
+            renewed,
+            revocations,
+            suspects,
+            table,
+        } => {
+            if target != core.id {
+                return Response::WrongTarget { actual: core.id };
+            }
             let received = Instant::now();
-            let response = core.raft.append_entries(rpc).await;
-            if let Ok(accepted) = &response {
-                if !matches!(accepted, AppendEntriesResponse::HigherVote(_)) {
-                    // openraft accepted the sender as leader and restarted
-                    // its election timer (after `received`): it will not
-                    // campaign before its leader lease (election_timeout_max)
-                    // and its own election timeout have passed.
-                    let t = &core.config.timings;
-                    let hold = crate::runtime::follower_tick_hold(
-                        t.election_timeout_min,
-                        t.election_timeout_max,
-                        t.raft_heartbeat,
-                    );
-                    if let Some(until) = received.checked_add(hold) {
-                        core.tick.hold_until(until);
-                    }
+            let vote = rpc.vote;
+            let (response, accepted) = append_entries(core, rpc, received).await;
+            // Renew only with a table at least as new as the leader's when it
+            // built the beat: an older one may still show partitions the
+            // leader has since taken back (a voter catching up on its log).
+            let current = core
+                .view
+                .with(|s, _| s.created_secs() == table.0 && s.index >= table.1);
+            let renewed = renewed.filter(|_| current);
+            let from = match accepted {
+                true => core.beats().accepted(vote, round, renewed, received),
+                false => None,
+            };
+            if let Some(from) = from {
+                let urgent = !revocations.is_empty();
+                let lapsed = core.renew_lease(from, revocations);
+                core.stats
+                    .renewals_by_beat
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                core.view.set_suspects(suspects.into_iter().collect());
+                let every = core.config.timings.lease / 4;
+                if core.beats().announce(received, every, urgent || lapsed) {
+                    core.ownership_changed.notify_one();
                 }
             }
             Response::AppendEntries(response)
