@@ -1,4 +1,5 @@
-//! The leader's quorum check, which is also its Raft heartbeat.
+//! The leader's quorum check, which is also its Raft heartbeat and keeps
+//! the voters' member sessions.
 //!
 //! While openraft says this node leads, [`track`] sends every other voter an
 //! empty AppendEntries carrying this node's vote each `raft_heartbeat`. A
@@ -16,6 +17,12 @@
 //! answer per voter, all on this task. The requests name no log position
 //! (`prev_log_id` and `leader_commit` are `None`), so a follower's log and
 //! commit index are left to openraft's own replication.
+//!
+//! Each request is a [`Request::Beat`]: when a voter's answer arrives while
+//! this node acts as leader in office, the voter's session is renewed as by
+//! a heartbeat, and the next beat to it names the round renewed, so the
+//! voter can renew its lease from when that round reached it (see
+//! [`crate::beat`]). Voters need no heartbeats of their own.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -131,8 +138,9 @@ fn renew_session(core: &Core, id: NodeId) -> bool {
         && core.touch_if_fresh(id)
 }
 
-/// Keeps [`Core::quorum_acked_at`] current while openraft says this node
-/// leads, one round every `raft_heartbeat` (see the module docs).
+/// Keeps [`Core::quorum_acked_at`] current and the voters' sessions renewed
+/// while openraft says this node leads, one round every `raft_heartbeat`
+/// (see the module docs).
 pub(super) async fn track(core: Arc<Core>) {
     // Role changes only: Raft's full metrics are republished on every
     // message it handles.

@@ -209,6 +209,22 @@ mod tests {
         };
         let back: Request = decode(&encode(&req).unwrap()).unwrap();
         assert_eq!(format!("{req:?}"), format!("{back:?}"));
+        let beat = Request::Beat {
+            target: 4,
+            rpc: AppendEntriesRequest {
+                vote: Vote::new_committed(3, 9),
+                prev_log_id: None,
+                entries: Vec::new(),
+                leader_commit: None,
+            },
+            round: u64::MAX,
+            renewed: Some(u64::MAX - 1),
+            revocations: vec![(7, 950), (u32::MAX, 0)],
+            suspects: vec![1, u64::MAX],
+            table: (1_700_000_000, 42),
+        };
+        let back: Request = decode(&encode(&beat).unwrap()).unwrap();
+        assert_eq!(format!("{beat:?}"), format!("{back:?}"));
         let vote = Request::Vote {
             target: 1,
             rpc: VoteRequest::new(Vote::new(4, 2), None),
