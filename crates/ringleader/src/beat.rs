@@ -24,6 +24,15 @@ use openraft::Vote;
 use crate::clock::Instant;
 use crate::types::NodeId;
 
+/// How recent a beat renewal must be for a voter to skip its own heartbeat
+/// (see [`BeatLedger::covers`]): one heartbeat interval, but at least two
+/// beats (a renewal runs from the round before the confirming one), and
+/// at most half the lease, so that a voter whose beats stopped still has
+/// half a lease left to renew by heartbeat.
+pub fn skip_window(heartbeat: Duration, raft_heartbeat: Duration, lease: Duration) -> Duration {
+    heartbeat.max(raft_heartbeat * 2).min(lease / 2)
+}
+
 /// The beat a voter answered last.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Answered {
@@ -134,6 +143,15 @@ mod tests {
             BeatLedger::default().accepted(vote(2, 1), 1, Some(0), t0),
             None
         );
+    }
+
+    #[test]
+    fn skip_window_for_the_profiles() {
+        // Defaults, the fast profile, the economy profile.
+        assert_eq!(skip_window(200 * MS, 50 * MS, 1000 * MS), 200 * MS);
+        assert_eq!(skip_window(50 * MS, 50 * MS, 300 * MS), 100 * MS);
+        assert_eq!(skip_window(1000 * MS, 150 * MS, 3000 * MS), 1000 * MS);
+        assert_eq!(skip_window(500 * MS, 50 * MS, 600 * MS), 300 * MS);
     }
 
     #[test]

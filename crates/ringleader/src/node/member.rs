@@ -89,10 +89,10 @@ pub(crate) async fn run(core: Arc<Core>) {
         // (crate::beat). Its own heartbeat still goes out when the leader
         // poked it, when it has releases to report, and whenever the beats
         // stop renewing it: a new leader, or one that no longer knows it.
+        let t = &core.config.timings;
+        let window = crate::beat::skip_window(t.heartbeat, t.raft_heartbeat, t.lease);
         if !poked
-            && core
-                .beats()
-                .covers(Instant::now(), core.config.timings.heartbeat)
+            && core.beats().covers(Instant::now(), window)
             && core.pending_releases().is_empty()
         {
             continue;
