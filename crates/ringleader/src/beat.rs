@@ -47,8 +47,6 @@ pub struct BeatLedger {
     last: Option<Answered>,
     /// The instant the lease last ran from, when a beat renewed it.
     renewed_from: Option<Instant>,
-    /// When a renewal last asked for the grants to be re-evaluated.
-    announced: Option<Instant>,
 }
 
 impl BeatLedger {
@@ -75,22 +73,6 @@ impl BeatLedger {
             }
         }
         from
-    }
-
-    /// Whether a renewal at `now` should have this node's grants
-    /// re-evaluated: at most once every `every` (beats come a dozen times
-    /// more often than heartbeats, and a renewal changes nothing until the
-    /// lease would have ended, when the grants are re-evaluated anyway),
-    /// and always with news about revocations (`urgent`).
-    pub fn announce(&mut self, now: Instant, every: Duration, urgent: bool) -> bool {
-        let due = urgent
-            || self
-                .announced
-                .is_none_or(|t| now.saturating_duration_since(t) >= every);
-        if due {
-            self.announced = Some(now);
-        }
-        due
     }
 
     /// Whether beats renewed the lease from an instant within `within`
@@ -152,17 +134,6 @@ mod tests {
         assert_eq!(skip_window(50 * MS, 50 * MS, 300 * MS), 100 * MS);
         assert_eq!(skip_window(1000 * MS, 150 * MS, 3000 * MS), 1000 * MS);
         assert_eq!(skip_window(500 * MS, 50 * MS, 600 * MS), 300 * MS);
-    }
-
-    #[test]
-    fn announces_at_most_once_per_period_unless_urgent() {
-        let t0 = Instant::now();
-        let mut l = BeatLedger::default();
-        assert!(l.announce(t0, 250 * MS, false));
-        assert!(!l.announce(t0 + 50 * MS, 250 * MS, false));
-        assert!(l.announce(t0 + 60 * MS, 250 * MS, true));
-        assert!(!l.announce(t0 + 309 * MS, 250 * MS, false));
-        assert!(l.announce(t0 + 310 * MS, 250 * MS, false));
     }
 
     proptest! {

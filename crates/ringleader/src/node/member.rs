@@ -116,21 +116,24 @@ impl Core {
     /// Renews this node's lease from `since`, an instant before the leader
     /// renewed its session, and sets the deadlines of its revoking
     /// partitions (`revocations`: partition, milliseconds the leader left
-    /// it, counted from no earlier than `since`). Returns whether the lease
-    /// had ended (or never started) before.
+    /// it, counted from no earlier than `since`). Returns whether the
+    /// grants need re-evaluating now: the lease had ended (or never
+    /// started), or there are deadlines. Otherwise nothing changes until the
+    /// old lease end, when the ownership task wakes and re-evaluates anyway.
     pub(crate) fn renew_lease(&self, since: Instant, revocations: Vec<(u32, u64)>) -> bool {
         let t = &self.config.timings;
         let mut ownership = self.ownership.lock().unwrap_or_else(|e| e.into_inner());
         let lapsed = ownership
             .lease_until()
             .is_none_or(|until| until <= Instant::now());
+        let reevaluate = lapsed || !revocations.is_empty();
         ownership.renew(since + lease::holder_validity(t.lease, t.clock_drift_ppm));
         for (p, ms) in revocations {
             let left = Duration::from_millis(ms);
             ownership
                 .revocation_deadline(p, since + lease::holder_revocation(left, t.clock_drift_ppm));
         }
-        lapsed
+        reevaluate
     }
 }
 
@@ -341,12 +344,15 @@ async fn heartbeat_round(core: &Arc<Core>, leader_addr: &mut Option<String>) -> 
                 suspects,
                 revocations,
             })) => {
-                let _ = core.renew_lease(sent, revocations);
+                let reevaluate = core.renew_lease(sent, revocations);
                 core.stats
                     .renewals_by_heartbeat
                     .fetch_add(1, Ordering::Relaxed);
+                // A changed table wakes the ownership task by itself.
                 core.view.on_update(update, suspects);
-                core.ownership_changed.notify_one();
+                if reevaluate {
+                    core.ownership_changed.notify_one();
+                }
                 let rtt = u64::try_from(sent.elapsed().as_micros()).unwrap_or(u64::MAX);
                 core.stats
                     .heartbeat_rtt_micros

@@ -111,14 +111,12 @@ async fn handle(core: &Arc<Core>, request: Request) -> Response {
                 false => None,
             };
             if let Some(from) = from {
-                let urgent = !revocations.is_empty();
-                let lapsed = core.renew_lease(from, revocations);
+                let reevaluate = core.renew_lease(from, revocations);
                 core.stats
                     .renewals_by_beat
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 core.view.set_suspects(suspects.into_iter().collect());
-                let every = core.config.timings.lease / 4;
-                if core.beats().announce(received, every, urgent || lapsed) {
+                if reevaluate {
                     core.ownership_changed.notify_one();
                 }
             }
