@@ -106,9 +106,10 @@ async fn handle(core: &Arc<Core>, request: Request) -> Response {
                 .view
                 .with(|s, _| s.created_secs() == table.0 && s.index >= table.1);
             let renewed = renewed.filter(|_| current);
-            let from = match accepted {
-                true => core.beats().accepted(vote, round, renewed, received),
-                false => None,
+            let from = if accepted {
+                core.beats().accepted(vote, round, renewed, received)
+            } else {
+                None
             };
             if let Some(from) = from {
                 let reevaluate = core.renew_lease(from, revocations);
