@@ -14,8 +14,12 @@
 //!    then runs from `a`, never from when it heard so.
 //!
 //! A confirmation naming any other round, or coming from another leader
-//! (another vote), renews nothing. Pure bookkeeping over instants: the
-//! caller supplies the clock.
+//! (another vote), renews nothing. The caller (`node/server.rs`) also
+//! passes no confirmation on while its own table is older than the one
+//! the beat names: a heartbeat's answer brings the member's table up to
+//! the leader's before the lease counts, and a renewal on an older table
+//! could keep a partition the leader has already taken back. Pure
+//! bookkeeping over instants: the caller supplies the clock.
 
 use std::time::Duration;
 
