@@ -102,10 +102,10 @@ async fn handle(core: &Arc<Core>, request: Request) -> Response {
             // Renew only with a table at least as new as the leader's when it
             // built the beat: an older one may still show partitions the
             // leader has since taken back (a voter catching up on its log).
-            let current = core
-                .view
-                .with(|s, _| s.created_secs() == table.0 && s.index >= table.1);
-            let renewed = renewed.filter(|_| current);
+            let renewed = renewed.filter(|_| {
+                core.view
+                    .with(|s, _| s.created_secs() == table.0 && s.index >= table.1)
+            });
             let from = if accepted {
                 core.beats().accepted(vote, round, renewed, received)
             } else {
