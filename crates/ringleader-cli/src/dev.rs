@@ -1,6 +1,6 @@
 //! `ringleader dev`: a local cluster of child processes and a live feed.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::process::{ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
@@ -46,6 +46,19 @@ struct Feed {
 }
 
 impl Feed {
+    /// Prints one line of a node's output (its event, readable, or the line
+    /// itself if it is not an event) and returns the event.
+    fn show(&mut self, node: &str, line: &str) -> Option<Value> {
+        let Ok(event) = serde_json::from_str::<Value>(line) else {
+            println!("{node}: {line}");
+            return None;
+        };
+        if let Some(text) = self.render(node, &event) {
+            println!("{text}");
+        }
+        Some(event)
+    }
+
     fn name(&self, id: &Value) -> String {
         as_id(id)
             .and_then(|id| self.names.get(&id).cloned())
@@ -153,6 +166,10 @@ pub async fn main(args: DevArgs) -> ExitCode {
             .args(["--log", "error,openraft=off", "--auto-release"])
             .stdout(Stdio::piped())
             .stdin(Stdio::null())
+            // A process group of its own: a Ctrl-C at the terminal reaches
+            // only `dev`, which then stops the nodes in an order the cluster
+            // can follow (`stop_in_order`) instead of all at once.
+            .process_group(0)
             .kill_on_drop(true)
             .spawn();
         let mut child = match spawned {
@@ -209,10 +226,13 @@ pub async fn main(args: DevArgs) -> ExitCode {
         }));
     }
     drop(tx);
-    let mut alive = children.len();
-    // Without a SIGTERM handler, `kill` or a supervisor ending `dev` would
-    // leave its nodes running.
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    let mut live: BTreeSet<String> = children.keys().cloned().collect();
+    // Without SIGTERM and SIGHUP handlers, `kill`, a supervisor or a closed
+    // terminal ending `dev` would leave its nodes (in their own process
+    // groups) running.
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).ok();
+    let mut hangup = signal(SignalKind::hangup()).ok();
     loop {
         let table_due = table_at;
         let report = tokio::select! {
@@ -229,21 +249,9 @@ pub async fn main(args: DevArgs) -> ExitCode {
                 print_table(&children, &apis, &ready, status.as_ref());
                 continue;
             }
-            _ = stop_requested(&mut term) => {
-                println!("\nstopping every node ...");
-                // The children got the same Ctrl-C from the terminal when run
-                // interactively; signal them too for when we were signalled alone.
-                for (pid, _) in children.values() {
-                    let _ = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status();
-                }
-                let deadline = tokio::time::Instant::now() + Duration::from_secs(8);
-                while alive > 0 {
-                    match tokio::time::timeout_at(deadline, rx.recv()).await {
-                        Ok(Some(Report::Exited { .. })) => alive -= 1,
-                        Ok(Some(_)) => {}
-                        Ok(None) | Err(_) => break,
-                    }
-                }
+            _ = stop_requested(&mut term, &mut hangup) => {
+                println!("\nstopping every node: members first, the leader last ...");
+                stop_in_order(&children, &apis, &mut live, &mut rx, &mut feed).await;
                 for w in &waiters { w.abort(); } // kill_on_drop ends any straggler
                 println!("all nodes stopped");
                 return ExitCode::SUCCESS;
@@ -252,26 +260,22 @@ pub async fn main(args: DevArgs) -> ExitCode {
         let Some(report) = report else { break };
         match report {
             Report::Exited { node, pid, status } => {
-                alive -= 1;
+                live.remove(&node);
                 println!(
                     "[{:8.3}s] {node} (pid {pid}) exited: {status}",
                     feed.started.elapsed().as_secs_f64()
                 );
-                if alive == 0 {
+                if live.is_empty() {
                     println!("every node has exited");
                     return ExitCode::SUCCESS;
                 }
             }
             Report::Line { node, line } => {
-                let Ok(event) = serde_json::from_str::<Value>(&line) else {
-                    println!("{node}: {line}");
+                let Some(event) = feed.show(&node, &line) else {
                     continue;
                 };
                 if event["type"] == "ready" {
-                    ready.insert(node.clone(), event.clone());
-                }
-                if let Some(text) = feed.render(&node, &event) {
-                    println!("{text}");
+                    ready.insert(node.clone(), event);
                 }
                 if !table_printed && ready.len() == children.len() {
                     // Give the first handoffs a moment, then show the table.
@@ -309,8 +313,13 @@ fn compact(parts: &[String]) -> String {
 
 /// One node's `/status`, for the table (None if it does not answer).
 fn fetch_status(api: &str) -> Option<Value> {
+    fetch_status_within(api, Duration::from_secs(2))
+}
+
+/// One node's `/status`, or None if it does not answer within `timeout`.
+fn fetch_status_within(api: &str, timeout: Duration) -> Option<Value> {
     ureq::get(&format!("http://{api}/status"))
-        .timeout(Duration::from_secs(2))
+        .timeout(timeout)
         .call()
         .ok()?
         .into_json()
@@ -368,18 +377,119 @@ fn print_table(
     }
 }
 
-/// Resolves on Ctrl-C or, when its handler could be installed, SIGTERM.
-async fn stop_requested(term: &mut Option<tokio::signal::unix::Signal>) {
-    let terminated = async {
-        match term {
-            Some(term) => {
-                term.recv().await;
+/// Resolves on Ctrl-C or, where their handlers could be installed, SIGTERM
+/// or SIGHUP.
+async fn stop_requested(
+    term: &mut Option<tokio::signal::unix::Signal>,
+    hangup: &mut Option<tokio::signal::unix::Signal>,
+) {
+    async fn received(signal: &mut Option<tokio::signal::unix::Signal>) {
+        match signal {
+            Some(signal) => {
+                signal.recv().await;
             }
             None => std::future::pending::<()>().await,
         }
-    };
+    }
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
-        _ = terminated => {}
+        _ = received(term) => {}
+        _ = received(hangup) => {}
     }
+}
+
+/// Longer than a node's own leave timeout (revoke timeout + 2 s, 7 s by
+/// default): a node still running after this is killed.
+const STOP_STEP: Duration = Duration::from_secs(9);
+
+/// Stops the nodes so that every leave finds a leader to commit it: the
+/// members at once, then the voters one at a time, the leader last (see
+/// [`next_to_stop`]). Stopped all at once, the leader and voters go first
+/// and the rest wait out their leave timeouts with nobody to hear them.
+async fn stop_in_order(
+    children: &BTreeMap<String, (u32, String)>,
+    apis: &BTreeMap<String, String>,
+    live: &mut BTreeSet<String>,
+    rx: &mut mpsc::UnboundedReceiver<Report>,
+    feed: &mut Feed,
+) {
+    while !live.is_empty() {
+        let status = tokio::task::block_in_place(|| {
+            live.iter()
+                .filter_map(|name| apis.get(name))
+                .find_map(|api| fetch_status_within(api, Duration::from_millis(500)))
+        });
+        let batch = next_to_stop(live, status.as_ref());
+        for name in &batch {
+            if let Some((pid, _)) = children.get(name) {
+                send_signal(*pid, "TERM");
+            }
+        }
+        let mut deadline = tokio::time::Instant::now() + STOP_STEP;
+        let mut killed = false;
+        while batch.iter().any(|name| live.contains(name)) {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(Report::Exited { node, pid, status })) => {
+                    live.remove(&node);
+                    println!(
+                        "[{:8.3}s] {node} (pid {pid}) stopped: {status}",
+                        feed.started.elapsed().as_secs_f64()
+                    );
+                }
+                Ok(Some(Report::Line { node, line })) => {
+                    feed.show(&node, &line);
+                }
+                Ok(None) => return,
+                Err(_) if !killed => {
+                    for name in batch.iter().filter(|name| live.contains(*name)) {
+                        println!("{name} did not leave within {STOP_STEP:?}; killing it");
+                        if let Some((pid, _)) = children.get(name) {
+                            send_signal(*pid, "KILL");
+                        }
+                    }
+                    killed = true;
+                    deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+                }
+                Err(_) => {
+                    // Killed and still not reaped: give up on them.
+                    for name in &batch {
+                        live.remove(name);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The next nodes to stop, given those still running and one node's
+/// `/status` (None if no node answered: then all of them). Nodes the status
+/// does not list as voters (members, nodes that never joined) go first, all
+/// at once; then one voter that does not lead; the leader last. Voters go
+/// one at a time because each leave changes the voter set.
+fn next_to_stop(live: &BTreeSet<String>, status: Option<&Value>) -> Vec<String> {
+    let Some(members) = status.and_then(|s| s["members"].as_array()) else {
+        return live.iter().cloned().collect();
+    };
+    let listed = |name: &str| members.iter().find(|m| m["name"] == name);
+    let is_voter = |name: &str| listed(name).is_some_and(|m| m["role"] == "voter");
+    let leads = |name: &str| listed(name).is_some_and(|m| m["leader"] == true);
+    let plain: Vec<String> = live
+        .iter()
+        .filter(|n| !is_voter(n) && !leads(n))
+        .cloned()
+        .collect();
+    if !plain.is_empty() {
+        return plain;
+    }
+    match live.iter().find(|n| !leads(n)) {
+        Some(voter) => vec![voter.clone()],
+        None => live.iter().cloned().collect(),
+    }
+}
+
+/// Sends `kill -<signal>` to one child (by PID: only processes we started).
+fn send_signal(pid: u32, signal: &str) {
+    let _ = std::process::Command::new("kill")
+        .args([&format!("-{signal}"), &pid.to_string()])
+        .status();
 }

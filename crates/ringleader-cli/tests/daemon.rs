@@ -227,16 +227,24 @@ fn three_daemons_agree_survive_a_leader_kill_and_leave_on_sigterm() {
         })
     });
 
-    // Every node answers the key lookup the same way.
-    let answers: Vec<Value> = procs
-        .iter()
-        .map(|p| get_json(&p.http, "/v1/owner/user:42").unwrap())
-        .collect();
+    // Every node maps the key to the same partition (a pure function of
+    // the key), and their answers for its owner converge: agreement above
+    // can hold while a rebalance is still in flight, and a node whose
+    // table lags a commit names the partition's previous owner meanwhile.
+    let lookup = || -> Vec<Value> {
+        procs
+            .iter()
+            .map(|p| get_json(&p.http, "/v1/owner/user:42").unwrap())
+            .collect()
+    };
     assert!(
-        answers
+        lookup()
             .windows(2)
-            .all(|w| w[0]["owner"] == w[1]["owner"] && w[0]["partition"] == w[1]["partition"])
+            .all(|w| w[0]["partition"] == w[1]["partition"])
     );
+    wait_until("every node names the same owner for a key", || {
+        lookup().windows(2).all(|w| w[0]["owner"] == w[1]["owner"])
+    });
 
     // Bad HTTP input gets 4xx JSON.
     let h = &procs[0].http;
@@ -543,4 +551,181 @@ fn a_toml_file_configures_a_node_below_flags_and_environment() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("partitons"));
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `n` consecutive ports, each free when checked (for `dev`, which numbers
+/// its nodes' ports from a base).
+fn free_range(n: u16) -> u16 {
+    let mut seed = std::process::id() as u64 ^ 0x9e37_79b9_7f4a_7c15;
+    for _ in 0..200 {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let base = 20_000 + (seed >> 33) as u16 % 30_000;
+        let held: Vec<TcpListener> = (0..n)
+            .filter_map(|i| TcpListener::bind(("127.0.0.1", base + i)).ok())
+            .collect();
+        if held.len() == usize::from(n) {
+            return base;
+        }
+    }
+    panic!("no {n} consecutive free ports on loopback");
+}
+
+/// The PIDs of a process's children (every thread's), from /proc.
+fn children_of(pid: u32) -> Vec<u32> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
+        .flat_map(|s| {
+            s.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect::<Vec<u32>>()
+        })
+        .collect()
+}
+
+/// `ringleader dev` and the nodes it started, all killed by PID if the test
+/// ends early (the nodes run in process groups of their own).
+struct Dev {
+    child: Child,
+    nodes: Vec<u32>,
+}
+
+impl Drop for Dev {
+    fn drop(&mut self) {
+        for pid in &self.nodes {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn dev_stops_its_cluster_in_an_order_every_leave_is_heard() {
+    const NODES: u16 = 4;
+    // One range for both, so the two cannot overlap.
+    let peer = free_range(2 * NODES);
+    let http_base = peer + NODES;
+    let mut dev = Dev {
+        child: Command::new(BIN)
+            .args(["dev", "--nodes", &NODES.to_string(), "--partitions", "16"])
+            .args(["--base-port", &peer.to_string()])
+            .args(["--http-base-port", &http_base.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn ringleader dev"),
+        nodes: Vec::new(),
+    };
+    // Drain both pipes so that nothing blocks on a full one.
+    let mut out = dev.child.stdout.take().unwrap();
+    let mut err = dev.child.stderr.take().unwrap();
+    let stdout = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = out.read_to_string(&mut s);
+        s
+    });
+    let stderr = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    let pid = dev.child.id();
+    wait_until("dev started its nodes", || {
+        dev.nodes = children_of(pid);
+        dev.nodes.len() == usize::from(NODES)
+    });
+    let api = |i: u16| format!("127.0.0.1:{}", http_base + i);
+    wait_until(
+        "every node sees all members, two of them voters besides the leader",
+        || {
+            (0..NODES).all(|i| {
+                get_json(&api(i), "/status").is_some_and(|s| {
+                    s["members"].as_array().is_some_and(|ms| {
+                        ms.len() == usize::from(NODES)
+                            && ms.iter().filter(|m| m["role"] == "voter").count() == 3
+                    })
+                })
+            })
+        },
+    );
+
+    let members = get_json(&api(0), "/status").unwrap()["members"].clone();
+    let with = |pred: &dyn Fn(&Value) -> bool| -> Vec<String> {
+        let ms = members.as_array().unwrap();
+        ms.iter()
+            .filter(|m| pred(m))
+            .map(|m| m["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let leader = with(&|m| m["leader"] == true);
+    let mut plain = with(&|m| m["role"] != "voter");
+    plain.sort();
+    assert_eq!(leader.len(), 1, "{members}");
+
+    let _ = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
+    let deadline = Instant::now() + DEADLINE;
+    let status = loop {
+        if let Some(status) = dev.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "dev did not stop within {DEADLINE:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let stdout = stdout.join().unwrap();
+    let stderr = stderr.join().unwrap();
+    assert!(
+        status.success(),
+        "dev exited with {status}\n{stdout}\n{stderr}"
+    );
+    // Every node left with the cluster's acknowledgement, on its own.
+    assert!(
+        !stderr.contains("without the cluster's acknowledgement"),
+        "a node left unheard:\n{stderr}"
+    );
+    assert!(
+        !stdout.contains("killing it"),
+        "a node was killed:\n{stdout}"
+    );
+    assert_eq!(
+        stdout.matches("stopped: exit status: 0").count(),
+        usize::from(NODES),
+        "{stdout}"
+    );
+    // The order: the members first, the leader last.
+    let stopped: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.contains(" stopped: "))
+        .filter_map(|l| l.split("] ").nth(1)?.split(' ').next())
+        .collect();
+    assert_eq!(stopped.len(), usize::from(NODES), "{stdout}");
+    assert_eq!(
+        stopped.last().copied(),
+        Some(leader[0].as_str()),
+        "{stdout}"
+    );
+    let mut first: Vec<&str> = stopped[..plain.len()].to_vec();
+    first.sort_unstable();
+    assert_eq!(first, plain, "{stdout}");
+    for node in std::mem::take(&mut dev.nodes) {
+        assert!(
+            !std::path::Path::new(&format!("/proc/{node}")).exists()
+                || std::fs::read_to_string(format!("/proc/{node}/stat"))
+                    .is_ok_and(|s| s.contains(") Z")),
+            "node {node} is still running"
+        );
+    }
 }
