@@ -251,3 +251,45 @@ async fn voters_ride_on_the_leaders_beats_and_members_heartbeat() {
     .await;
     shutdown_all(&nodes).await;
 }
+
+/// Every node leaving at the same moment (a supervisor stopping the whole
+/// deployment): every leave ends within its timeout and nothing panics. The
+/// leader's own leave removes it from the voters while the others' leaves
+/// wait for the membership lock; those must not then ask openraft for a
+/// membership change from a leader outside its membership (in a debug build
+/// openraft asserts on that). Races are timing-dependent, so several rounds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_node_leaving_at_once_ends_every_leave_and_panics_nothing() {
+    init_tracing();
+    let panics = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let hook = std::panic::take_hook();
+    {
+        let panics = panics.clone();
+        std::panic::set_hook(Box::new(move |info| {
+            panics.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            hook(info);
+        }));
+    }
+    for round in 0..ROUNDS_LEAVING_AT_ONCE {
+        let nodes = start_cluster(4).await;
+        let _apps: Vec<_> = nodes.iter().map(auto_release).collect();
+        wait_agreement(&nodes, 3, &format!("round {round}: 4 nodes agree")).await;
+        let leaves = nodes.iter().map(|n| {
+            let n = n.clone();
+            tokio::spawn(async move { n.leave(Duration::from_secs(3)).await })
+        });
+        for leave in futures::future::join_all(leaves).await {
+            // A leave may end without the cluster's acknowledgement (the
+            // last ones find nobody left to hear them), but it ends.
+            let _ = leave.expect("the leave task ran to its end");
+        }
+        assert!(nodes.iter().all(|n| n.is_shut_down()), "round {round}");
+        assert_eq!(
+            panics.load(std::sync::atomic::Ordering::SeqCst),
+            0,
+            "round {round}: a panic (see above)"
+        );
+    }
+}
+
+const ROUNDS_LEAVING_AT_ONCE: usize = 3;

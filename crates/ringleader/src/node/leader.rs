@@ -43,6 +43,23 @@ pub(crate) async fn write(core: &Core, command: Command) -> Result<u64, Error> {
     Ok(response.log_id.index)
 }
 
+/// Takes the membership lock, but only while this node still leads. A
+/// change that waited for the lock may find that the change before it
+/// removed this leader from the voters (its own leave, racing another
+/// node's): openraft keeps such a leader in office until it steps down, and
+/// must not be asked for another membership change meanwhile (openraft
+/// #923; a debug build asserts, and a release build would append the entry
+/// for a leader outside its own membership).
+async fn membership_change(core: &Core) -> Result<tokio::sync::MutexGuard<'_, ()>, Error> {
+    let guard = core.membership_lock.lock().await;
+    if !core.raft_leads() {
+        return Err(Error::NoLeader(
+            "this node stopped leading before its membership change".into(),
+        ));
+    }
+    Ok(guard)
+}
+
 /// Makes `voters` the voter set; nodes removed from it stop being Raft
 /// members altogether.
 async fn set_voters(core: &Core, voters: BTreeSet<NodeId>) -> Result<(), Error> {
@@ -322,7 +339,7 @@ pub(crate) async fn remove_member(
     id: NodeId,
     reason: LeaveReason,
 ) -> Result<(), Error> {
-    let _guard = core.membership_lock.lock().await;
+    let _guard = membership_change(core).await?;
     let voters = core.raft_voters();
     if id != core.id && voters.contains(&id) {
         let mut next: BTreeSet<NodeId> = voters.iter().copied().filter(|v| *v != id).collect();
@@ -404,7 +421,7 @@ pub(crate) fn desired_voters(target: usize, live: usize) -> usize {
 }
 
 async fn reconcile_voters(core: &Arc<Core>) -> Result<(), Error> {
-    let _guard = core.membership_lock.lock().await;
+    let _guard = membership_change(core).await?;
     let unfinished = {
         let m = core.raft.metrics();
         let m = m.borrow();
@@ -639,7 +656,7 @@ async fn leave_as_leader(core: &Arc<Core>) -> Result<(), Error> {
         drop(_no_rebalance);
         return Box::pin(leave_as_leader(core)).await;
     }
-    let _guard = core.membership_lock.lock().await;
+    let _guard = membership_change(core).await?;
     write(
         core,
         Command::RemoveMember {
