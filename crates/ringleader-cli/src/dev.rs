@@ -493,3 +493,44 @@ fn send_signal(pid: u32, signal: &str) {
         .args([&format!("-{signal}"), &pid.to_string()])
         .status();
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn live(names: &[&str]) -> BTreeSet<String> {
+        names.iter().map(|n| n.to_string()).collect()
+    }
+
+    fn status() -> Value {
+        json!({ "members": [
+            { "name": "n1", "role": "voter", "leader": true },
+            { "name": "n2", "role": "voter", "leader": false },
+            { "name": "n3", "role": "member", "leader": false },
+            { "name": "n4", "role": "voter", "leader": false },
+            { "name": "n5", "role": "member", "leader": false },
+        ]})
+    }
+
+    #[test]
+    fn members_first_then_voters_one_by_one_then_the_leader() {
+        let s = status();
+        let all = live(&["n1", "n2", "n3", "n4", "n5"]);
+        assert_eq!(next_to_stop(&all, Some(&s)), ["n3", "n5"]);
+        assert_eq!(next_to_stop(&live(&["n1", "n2", "n4"]), Some(&s)), ["n2"]);
+        assert_eq!(next_to_stop(&live(&["n1", "n4"]), Some(&s)), ["n4"]);
+        assert_eq!(next_to_stop(&live(&["n1"]), Some(&s)), ["n1"]);
+    }
+
+    #[test]
+    fn unlisted_nodes_go_first_and_no_status_means_all_at_once() {
+        let s = status();
+        // A node that never joined is not in the status: it goes with the members.
+        let with_stranger = live(&["n1", "n2", "n9"]);
+        assert_eq!(next_to_stop(&with_stranger, Some(&s)), ["n9"]);
+        let all = live(&["n1", "n2", "n3"]);
+        assert_eq!(next_to_stop(&all, None), ["n1", "n2", "n3"]);
+        assert_eq!(next_to_stop(&all, Some(&json!({}))), ["n1", "n2", "n3"]);
+    }
+}
