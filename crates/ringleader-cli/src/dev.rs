@@ -372,6 +372,9 @@ fn print_table(
             role
         );
     }
+    if let Some(api) = apis.values().next() {
+        println!("\nDashboard: http://{api}/   (any node's API address serves one)");
+    }
     if let Some((_, (pid, _))) = children.iter().next() {
         println!("\nTry: kill -9 {pid}   (and watch the cluster recover)\n");
     }

@@ -246,8 +246,16 @@ fn three_daemons_agree_survive_a_leader_kill_and_leave_on_sigterm() {
         lookup().windows(2).all(|w| w[0]["owner"] == w[1]["owner"])
     });
 
-    // Bad HTTP input gets 4xx JSON.
+    // The dashboard page is served at the root.
     let h = &procs[0].http;
+    let (code, page) = http("GET", h, "/").unwrap();
+    assert_eq!(code, 200);
+    assert!(
+        page.contains("<title>ringleader dashboard</title>"),
+        "{page}"
+    );
+
+    // Bad HTTP input gets 4xx JSON.
     for (method, path, code) in [
         ("GET", "/nope", 404),
         ("POST", "/status", 405),

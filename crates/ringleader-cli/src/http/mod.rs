@@ -1,5 +1,6 @@
 //! The HTTP API: status, ownership queries, server-sent events, releases,
-//! Prometheus metrics and health checks. Documented in `docs/openapi.yaml`.
+//! Prometheus metrics, health checks and a dashboard page. Documented in
+//! `docs/openapi.yaml`.
 
 pub mod feed;
 mod metrics;
@@ -11,7 +12,7 @@ use std::time::Duration;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
-use axum::response::{IntoResponse, Response};
+use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures::{Stream, StreamExt};
@@ -34,6 +35,7 @@ pub struct Api {
 
 /// The routes, in one place so the OpenAPI test can compare them.
 pub const ROUTES: &[(&str, &str)] = &[
+    ("GET", "/"),
     ("GET", "/status"),
     ("GET", "/partitions"),
     ("GET", "/v1/owner/{key}"),
@@ -50,6 +52,7 @@ pub fn router(node: Node) -> Router {
     let feed = Feed::start(&node);
     let api = Api { node, feed };
     Router::new()
+        .route("/", get(|| async { Html(DASHBOARD) }))
         .route("/status", get(status))
         .route("/partitions", get(partitions))
         .route("/v1/owner/{key}", get(owner))
@@ -68,6 +71,11 @@ pub fn router(node: Node) -> Router {
         })
         .with_state(api)
 }
+
+/// The dashboard at `GET /`: one self-contained page (no external assets)
+/// that reads `/status` every second, follows `/v1/events` and looks keys up
+/// with `/v1/owner/{key}`.
+const DASHBOARD: &str = include_str!("dashboard.html");
 
 /// A JSON error body: `{ "error": "..." }`.
 pub fn error(status: StatusCode, message: impl Into<String>) -> Response {
@@ -322,6 +330,50 @@ mod tests {
             .unwrap();
         assert_eq!(app.oneshot(req).await.unwrap().status(), 404);
         node.shutdown().await;
+    }
+
+    /// The paths the dashboard page fetches (`fetch(...)`, `EventSource(...)`),
+    /// up to the first template placeholder.
+    fn dashboard_paths() -> Vec<String> {
+        let page = super::DASHBOARD;
+        let mut out = Vec::new();
+        for call in ["fetch(", "EventSource("] {
+            for (at, _) in page.match_indices(call) {
+                let rest = &page[at + call.len()..];
+                let Some(quote) = rest.chars().next().filter(|c| "\"'`".contains(*c)) else {
+                    continue; // a definition or a mention, not a call with a literal
+                };
+                let body = &rest[1..];
+                let end = body.find([quote, '$', '?']).unwrap_or(body.len());
+                out.push(body[..end].to_string());
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn the_dashboard_reads_only_served_get_routes() {
+        let paths = dashboard_paths();
+        for wanted in ["/status", "/v1/events", "/v1/owner/"] {
+            assert!(
+                paths.iter().any(|p| p == wanted),
+                "{wanted} not in {paths:?}"
+            );
+        }
+        for path in &paths {
+            let served = ROUTES.iter().any(|(method, route)| {
+                *method == "GET"
+                    && match route.find('{') {
+                        // A parameterised route: the page's literal part is its prefix.
+                        Some(brace) => path.as_str() == &route[..brace],
+                        None => path == route,
+                    }
+            });
+            assert!(
+                served,
+                "the dashboard fetches {path}, which is not a GET route"
+            );
+        }
     }
 
     #[test]
