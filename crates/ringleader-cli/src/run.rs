@@ -278,7 +278,9 @@ pub fn config_from(args: &RunArgs) -> anyhow::Result<NodeConfig> {
         if trimmed.is_empty() {
             anyhow::bail!("secret-file: {} is empty", path.display());
         }
-        config.secret = Some(ringleader::transport::handshake::Secret::new(trimmed));
+        let secret = ringleader::transport::handshake::Secret::new(trimmed)
+            .map_err(|e| anyhow::anyhow!("secret-file: {}: {e}", path.display()))?;
+        config.secret = Some(secret);
     }
     config.validate()?;
     Ok(config)

@@ -175,8 +175,12 @@ fn bad_configuration_exits_2_naming_the_setting() {
 #[test]
 fn ring_election_variables_configure_a_node() {
     let ports = free_ports(2);
+    // PORT listens on every interface: that needs the cluster secret.
+    let secret = std::env::temp_dir().join(format!("ringleader-secret-{}", std::process::id()));
+    std::fs::write(&secret, "a secret of twenty bytes\n").unwrap();
     let child = Command::new(BIN)
         .arg("run")
+        .env("RINGLEADER_SECRET_FILE", &secret)
         .env("PORT", ports[0].to_string())
         .env("RINGLEADER_ADVERTISE", format!("127.0.0.1:{}", ports[0]))
         .env("MONITORING_PORT", ports[1].to_string())

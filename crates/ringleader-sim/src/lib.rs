@@ -64,6 +64,15 @@ impl Net for TurmoilNet {
 /// The peer port every simulated host listens on.
 pub const PORT: u16 = 7000;
 
+/// The cluster secret every simulated node is given: the simulated network
+/// is not loopback, and nodes there authenticate like nodes anywhere.
+pub fn sim_secret() -> ringleader::transport::handshake::Secret {
+    match ringleader::transport::handshake::Secret::new(&b"simulated cluster secret"[..]) {
+        Ok(secret) => secret,
+        Err(e) => unreachable!("a 24-byte secret is long enough: {e}"),
+    }
+}
+
 /// Timings used in the simulation: the library defaults except a 2 s
 /// revocation timeout (defaults: heartbeat 200 ms, session 1 s, lease 1 s,
 /// Raft heartbeat 50 ms, election 150-200 ms, RPC timeout 500 ms).
@@ -231,6 +240,7 @@ async fn host_software(
         .advertise(format!("{name}:{PORT}"))
         .seeds(seeds)
         .partitions(partitions)
+        .secret(sim_secret())
         .timings(sim_timings())
         .id(id)
         .wall_clock(clock)

@@ -544,6 +544,7 @@ async fn host_software(
             .advertise(format!("{host}:{port}"))
             .seeds(seeds.clone())
             .partitions(partitions)
+            .secret(crate::sim_secret())
             .timings(Timings::default())
             .id(id)
             .wall_clock(clock)

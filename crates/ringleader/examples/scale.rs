@@ -294,13 +294,17 @@ async fn start(
     seeds: &[String],
     counts: &Arc<Counts>,
 ) -> Result<Node, ringleader::Error> {
+    // 0 is not a node id; the handshake names the node, so the transport
+    // must know the id the node gets.
+    let id = rand::random::<u64>() | 1;
     Node::builder()
         .name(name)
         .listen(listen)
         .seeds(seeds.iter().cloned())
         .partitions(args.partitions)
         .voters(args.voters)
-        .transport(Arc::new(CountingTransport::new(counts.clone())))
+        .id(id)
+        .transport(Arc::new(CountingTransport::new(id, counts.clone())))
         .start()
         .await
 }
@@ -674,9 +678,11 @@ struct CountingTransport {
 }
 
 impl CountingTransport {
-    fn new(counts: Arc<Counts>) -> Self {
+    /// A transport for the node started with `.id(id)`.
+    fn new(id: ringleader::NodeId, counts: Arc<Counts>) -> Self {
         let wire = WireConfig {
             cluster: ringleader::config::DEFAULT_CLUSTER.to_string(),
+            node: id,
             secret: None,
             max_frame: DEFAULT_MAX_FRAME,
             handshake_timeout: Duration::from_secs(2),

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use crate::error::Error;
+use crate::limits;
 use crate::transport::codec::DEFAULT_MAX_FRAME;
 use crate::transport::handshake::Secret;
 
@@ -77,8 +78,12 @@ pub struct NodeConfig {
     pub seeds: Vec<String>,
     /// The cluster name; peers of other clusters are refused at handshake.
     pub cluster: String,
-    /// Optional shared secret; peers without it are refused.
+    /// The shared secret every peer must prove it knows. Required unless
+    /// every address is on loopback or `allow_unauthenticated` is set.
     pub secret: Option<Secret>,
+    /// Run without a secret on non-loopback addresses (anyone who reaches
+    /// the peer port is then a peer). Default false.
+    pub allow_unauthenticated: bool,
     /// Number of partitions (fixed for the cluster's life).
     pub num_partitions: u32,
     /// Target number of Raft voters: 1, 3, 5 or 7.
@@ -99,6 +104,7 @@ impl Default for NodeConfig {
             seeds: Vec::new(),
             cluster: DEFAULT_CLUSTER.to_string(),
             secret: None,
+            allow_unauthenticated: false,
             num_partitions: DEFAULT_PARTITIONS,
             voters: DEFAULT_VOTERS,
             timings: Timings::default(),
@@ -110,14 +116,7 @@ impl Default for NodeConfig {
 impl NodeConfig {
     /// Checks every setting, naming the first one that is wrong.
     pub fn validate(&self) -> Result<(), Error> {
-        if self.cluster.is_empty() || self.cluster.len() > 128 {
-            return Err(Error::config("cluster", "must be 1 to 128 bytes"));
-        }
-        if let Some(name) = &self.name {
-            if name.is_empty() || name.len() > 128 {
-                return Err(Error::config("name", "must be 1 to 128 bytes"));
-            }
-        }
+        self.validate_addresses()?;
         if self.num_partitions == 0 || self.num_partitions > crate::partitioner::MAX_PARTITIONS {
             return Err(Error::config(
                 "partitions",
@@ -127,9 +126,53 @@ impl NodeConfig {
         if !matches!(self.voters, 1 | 3 | 5 | 7) {
             return Err(Error::config("voters", "must be 1, 3, 5 or 7"));
         }
-        if self.max_frame < 64 * 1024 || self.max_frame > 256 * 1024 * 1024 {
-            return Err(Error::config("max-frame", "must be 64 KiB to 256 MiB"));
+        let min_frame = limits::min_frame(self.num_partitions);
+        if self.max_frame < min_frame || self.max_frame > 256 * 1024 * 1024 {
+            return Err(Error::config(
+                "max-frame",
+                format!(
+                    "must be {min_frame} bytes (the largest update with {} partitions) to 256 MiB",
+                    self.num_partitions
+                ),
+            ));
         }
+        self.validate_timings()
+    }
+
+    /// Names, addresses, and the rule that peers on a network authenticate.
+    fn validate_addresses(&self) -> Result<(), Error> {
+        let field = |e: limits::FieldError| Error::config(e.field(), e.reason());
+        limits::check_name("cluster", &self.cluster).map_err(field)?;
+        if let Some(name) = &self.name {
+            limits::check_name("name", name).map_err(field)?;
+        }
+        limits::check_listen("listen", &self.listen).map_err(field)?;
+        if let Some(advertise) = &self.advertise {
+            limits::check_addr("advertise", advertise).map_err(field)?;
+        }
+        if let Some(http) = &self.http_addr {
+            limits::check_listen("http", http).map_err(field)?;
+        }
+        for seed in &self.seeds {
+            limits::check_addr("seeds", seed).map_err(field)?;
+        }
+        if self.secret.is_none() && !self.allow_unauthenticated && !self.loopback_only() {
+            return Err(Error::config(
+                "secret",
+                "peers on a network must prove a shared cluster secret; give one (at least 16 bytes), or keep every address on loopback",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether every address this node listens on, advertises or seeds
+    /// from is a loopback address.
+    pub fn loopback_only(&self) -> bool {
+        let mut addrs = [&self.listen].into_iter().chain(&self.seeds);
+        addrs.all(|a| is_loopback(a)) && self.advertise.as_deref().is_none_or(is_loopback)
+    }
+
+    fn validate_timings(&self) -> Result<(), Error> {
         let t = &self.timings;
         let ms = |d: Duration| d.as_millis();
         if ms(t.heartbeat) < 10 {
@@ -191,10 +234,85 @@ impl NodeConfig {
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(1000),
             max_in_snapshot_log_to_keep: 200,
             snapshot_max_chunk_size: 1024 * 1024,
+            // Every entry is at most limits::MAX_ENTRY_BYTES: a batch of
+            // this many fits one frame.
+            max_payload_entries: limits::max_payload_entries(self.max_frame),
             ..Default::default()
         };
         config
             .validate()
             .map_err(|e| Error::config("raft timings", e.to_string()))
+    }
+}
+
+/// Whether `addr` (`HOST:PORT`) names a loopback host: `localhost` or an
+/// IP address in 127.0.0.0/8 or ::1.
+pub fn is_loopback(addr: &str) -> bool {
+    let host = addr.rsplit_once(':').map_or(addr, |(host, _)| host);
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_addresses_are_recognised() {
+        for a in ["127.0.0.1:1", "127.9.9.9:1", "[::1]:7000", "localhost:7000"] {
+            assert!(is_loopback(a), "{a}");
+        }
+        for a in [
+            "0.0.0.0:1",
+            "10.0.0.1:7000",
+            "[::]:7000",
+            "example.com:7000",
+        ] {
+            assert!(!is_loopback(a), "{a}");
+        }
+    }
+
+    #[test]
+    fn a_network_address_needs_a_secret() {
+        let mut config = NodeConfig {
+            listen: "10.0.0.1:7000".into(),
+            ..NodeConfig::default()
+        };
+        let e = config.validate().unwrap_err().to_string();
+        assert!(e.contains("secret"), "{e}");
+        config.secret = Some(Secret::new(vec![1u8; 16]).unwrap());
+        assert!(config.validate().is_ok());
+        config.secret = None;
+        config.allow_unauthenticated = true;
+        assert!(config.validate().is_ok());
+        // A loopback node with a network seed or advertise address is on
+        // the network too.
+        let seeded = NodeConfig {
+            seeds: vec!["10.0.0.2:7000".into()],
+            ..NodeConfig::default()
+        };
+        assert!(seeded.validate().is_err());
+        assert!(NodeConfig::default().validate().is_ok());
+    }
+
+    #[test]
+    fn fields_are_bounded_and_addresses_checked() {
+        type Spoil = fn(&mut NodeConfig);
+        let cases: [(&str, Spoil); 5] = [
+            ("name", |c| c.name = Some("n".repeat(256))),
+            ("cluster", |c| c.cluster = String::new()),
+            ("seeds", |c| c.seeds = vec!["not an address".into()]),
+            ("advertise", |c| c.advertise = Some("nowhere".into())),
+            ("max-frame", |c| c.max_frame = 64 * 1024),
+        ];
+        for (setting, spoil) in cases {
+            let mut config = NodeConfig::default();
+            spoil(&mut config);
+            let e = config.validate().unwrap_err().to_string();
+            assert!(e.contains(setting), "{setting}: {e}");
+        }
     }
 }

@@ -58,6 +58,7 @@ pub mod error;
 pub mod events;
 pub mod handoff;
 pub mod lease;
+pub mod limits;
 pub mod node;
 pub mod ownership;
 pub mod partitioner;

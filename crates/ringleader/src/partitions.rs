@@ -58,6 +58,29 @@ pub enum PartitionOp {
     Release(Vec<u32>),
 }
 
+impl PartitionOp {
+    /// This op as ops of at most `max` partitions each (at least one op,
+    /// `max` at least 1), in order: each fits a log entry of bounded size
+    /// (see [`crate::limits::MAX_OP_PARTITIONS`]).
+    pub fn split(self, max: usize) -> Vec<PartitionOp> {
+        fn chunks<T: Clone>(
+            items: Vec<T>,
+            max: usize,
+            make: fn(Vec<T>) -> PartitionOp,
+        ) -> Vec<PartitionOp> {
+            if items.len() <= max {
+                return vec![make(items)];
+            }
+            items.chunks(max.max(1)).map(|c| make(c.to_vec())).collect()
+        }
+        match self {
+            PartitionOp::Grant(g) => chunks(g, max, PartitionOp::Grant),
+            PartitionOp::Revoke(r) => chunks(r, max, PartitionOp::Revoke),
+            PartitionOp::Release(r) => chunks(r, max, PartitionOp::Release),
+        }
+    }
+}
+
 /// What one applied op changed, for event derivation and tests.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Applied {
@@ -184,6 +207,30 @@ impl PartitionTable {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn split_keeps_order_and_bounds_each_op() {
+        let grant = PartitionOp::Grant((0..10).map(|p| (p, 1)).collect());
+        let parts = grant.clone().split(4);
+        assert_eq!(parts.len(), 3);
+        let rejoined: Vec<(u32, NodeId)> = parts
+            .into_iter()
+            .flat_map(|op| match op {
+                PartitionOp::Grant(g) => {
+                    assert!(g.len() <= 4);
+                    g
+                }
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(PartitionOp::Grant(rejoined), grant);
+        assert_eq!(
+            PartitionOp::Revoke(vec![]).split(4),
+            vec![PartitionOp::Revoke(vec![])]
+        );
+        assert_eq!(PartitionOp::Release(vec![1, 2]).split(0).len(), 2);
+    }
+
     use super::*;
     use proptest::prelude::*;
 

@@ -17,7 +17,7 @@ use crate::types::{NodeId, NodeInfo};
 
 /// The wire protocol version carried in the handshake. Bump it on any
 /// incompatible change to [`Request`], [`Response`] or the handshake.
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// A request from one node to another.
 #[derive(Debug, Clone, Serialize, Deserialize)]

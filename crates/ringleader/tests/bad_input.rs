@@ -12,12 +12,17 @@ use ringleader::{Error, Node};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+/// A secret from a short word, padded to the minimum length.
+fn key(word: &str) -> Secret {
+    Secret::new(format!("{word:-<16}")).expect("16 bytes")
+}
+
 async fn secret_cluster(n: usize, secret: &str) -> Vec<Node> {
     let addrs = free_addrs(n);
     let starts = addrs.iter().enumerate().map(|(i, a)| {
         builder(&format!("s{i}"), a, &addrs)
             .cluster("guarded")
-            .secret(secret.as_bytes().to_vec())
+            .secret(key(secret))
             .start()
     });
     futures::future::join_all(starts)
@@ -71,8 +76,8 @@ async fn garbage_truncation_oversize_and_wrong_secrets_do_not_hurt_the_cluster()
     // 4. A handshake with the wrong secret is refused, and the refusal says why.
     let conn = TcpStream::connect(&addr).await.unwrap();
     let mut f = framed(conn, 1 << 20);
-    let wrong = Secret::new(b"guess".to_vec());
-    let err = handshake::client(&mut f, "guarded", Some(&wrong))
+    let wrong = key("guess");
+    let err = handshake::client(&mut f, "guarded", 77, Some(&wrong))
         .await
         .unwrap_err();
     assert!(err.to_string().contains("secret"), "{err}");
@@ -80,13 +85,17 @@ async fn garbage_truncation_oversize_and_wrong_secrets_do_not_hurt_the_cluster()
     // 5. No secret at all.
     let conn = TcpStream::connect(&addr).await.unwrap();
     let mut f = framed(conn, 1 << 20);
-    assert!(handshake::client(&mut f, "guarded", None).await.is_err());
+    assert!(
+        handshake::client(&mut f, "guarded", 77, None)
+            .await
+            .is_err()
+    );
 
     // 6. The wrong cluster name.
     let conn = TcpStream::connect(&addr).await.unwrap();
     let mut f = framed(conn, 1 << 20);
-    let right = Secret::new(b"s3cret".to_vec());
-    let err = handshake::client(&mut f, "other", Some(&right))
+    let right = key("s3cret");
+    let err = handshake::client(&mut f, "other", 77, Some(&right))
         .await
         .unwrap_err();
     assert!(err.to_string().contains("cluster"), "{err}");
@@ -95,7 +104,7 @@ async fn garbage_truncation_oversize_and_wrong_secrets_do_not_hurt_the_cluster()
     // request variant 127 exists).
     let conn = TcpStream::connect(&addr).await.unwrap();
     let mut f = framed(conn, 1 << 20);
-    handshake::client(&mut f, "guarded", Some(&right))
+    handshake::client(&mut f, "guarded", 77, Some(&right))
         .await
         .unwrap();
     let mut inner = f.into_inner();
@@ -129,7 +138,7 @@ async fn garbage_truncation_oversize_and_wrong_secrets_do_not_hurt_the_cluster()
     // And a correct client still gets answers on the same port.
     let conn = TcpStream::connect(&addr).await.unwrap();
     let mut f = framed(conn, 1 << 20);
-    handshake::client(&mut f, "guarded", Some(&right))
+    handshake::client(&mut f, "guarded", 77, Some(&right))
         .await
         .unwrap();
     send(&mut f, &ringleader::protocol::Request::Probe)
@@ -151,7 +160,7 @@ async fn a_node_with_the_wrong_secret_is_never_admitted() {
     let seeds: Vec<String> = nodes.iter().map(|n| n.info().addr.clone()).collect();
     let intruder = builder("intruder", &free_addrs(1)[0], &seeds)
         .cluster("guarded")
-        .secret(b"wrong".to_vec())
+        .secret(key("wrong"))
         .start()
         .await
         .unwrap();
@@ -201,5 +210,151 @@ async fn a_node_with_another_partition_count_is_refused_clearly() {
         other => panic!("expected a refusal, got {other:?}"),
     }
     odd.shutdown().await;
+    shutdown_all(&nodes).await;
+}
+
+/// A connection authenticated as node `me` (the secret is right; the id is
+/// whatever the caller claims).
+async fn authenticated(
+    addr: &str,
+    secret: &str,
+    me: u64,
+) -> ringleader::transport::codec::FramedStream<TcpStream> {
+    let conn = TcpStream::connect(addr).await.unwrap();
+    let mut f = framed(conn, 1 << 20);
+    handshake::client(&mut f, "guarded", me, Some(&key(secret)))
+        .await
+        .unwrap();
+    f.codec_mut().set_max_frame(16 << 20);
+    f
+}
+
+async fn ask(
+    f: &mut ringleader::transport::codec::FramedStream<TcpStream>,
+    request: ringleader::protocol::Request,
+) -> ringleader::protocol::Response {
+    send(f, &request).await.unwrap();
+    recv_required(f).await.unwrap()
+}
+
+/// Issue 18, items 1 and 2: a peer holding the secret still cannot speak for
+/// another node (leave it, join as it, release its partitions), a join may
+/// not take a live member's address, and a join whose name fills a frame is
+/// refused before it reaches the log, which keeps committing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_peer_speaks_only_for_itself_and_within_bounds() {
+    use ringleader::protocol::{JoinOutcome, Request, Response};
+    use ringleader::types::NodeInfo;
+    init_tracing();
+    let nodes = secret_cluster(3, "s3cret").await;
+    let before = wait_agreement(&nodes, 3, "3 guarded nodes agree").await;
+    let leader = nodes.iter().find(|n| n.id() == before.leader).unwrap();
+    let victim = nodes.iter().find(|n| n.id() != before.leader).unwrap();
+    let addr = leader.info().addr.clone();
+    let me = 4242;
+    let mut f = authenticated(&addr, "s3cret", me).await;
+
+    // Speaking for the victim: refused, whatever the request.
+    let forged = [
+        Request::Leave { id: victim.id() },
+        Request::Release {
+            id: victim.id(),
+            partitions: vec![(0, 1)],
+        },
+        Request::Heartbeat {
+            id: victim.id(),
+            known_created: 0,
+            known_index: 0,
+            released: Vec::new(),
+        },
+        Request::Join {
+            id: victim.id(),
+            info: victim.info().clone(),
+            num_partitions: 16,
+        },
+    ];
+    for request in forged {
+        let answer = ask(&mut f, request.clone()).await;
+        assert!(
+            matches!(answer, Response::Error(_)),
+            "{request:?}: {answer:?}"
+        );
+    }
+    // Joining under our own id but at the victim's address: refused, and
+    // the victim stays.
+    let answer = ask(
+        &mut f,
+        Request::Join {
+            id: me,
+            info: NodeInfo {
+                name: "thief".into(),
+                addr: victim.info().addr.clone(),
+                http_addr: None,
+            },
+            num_partitions: 16,
+        },
+    )
+    .await;
+    assert!(
+        matches!(answer, Response::Join(JoinOutcome::Refused(ref why)) if why.contains("address")),
+        "{answer:?}"
+    );
+    // A name that fills most of a frame never reaches the log.
+    let answer = ask(
+        &mut f,
+        Request::Join {
+            id: me,
+            info: NodeInfo {
+                name: "n".repeat(7 << 20),
+                addr: "127.0.0.1:9".into(),
+                http_addr: None,
+            },
+            num_partitions: 16,
+        },
+    )
+    .await;
+    assert!(
+        matches!(answer, Response::Join(JoinOutcome::Refused(ref why)) if why.contains("name")),
+        "{answer:?}"
+    );
+    assert!(leader.wire_stats().requests_refused.load(Ordering::Relaxed) >= 4);
+    let after = wait_agreement(&nodes, 3, "the cluster is unchanged").await;
+    assert_eq!(after.members, before.members);
+    // The log still commits: a new node joins and gets its share.
+    let seeds: Vec<String> = nodes.iter().map(|n| n.info().addr.clone()).collect();
+    let late = builder("late", &free_addrs(1)[0], &seeds)
+        .cluster("guarded")
+        .secret(key("s3cret"))
+        .start()
+        .await
+        .unwrap();
+    let mut all = nodes.clone();
+    all.push(late);
+    wait_agreement(&all, 3, "the late node is admitted").await;
+    shutdown_all(&all).await;
+}
+
+/// Issue 18, item 5: before the handshake a connection may send only small
+/// frames, and a large declared length is refused before anything is
+/// allocated for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn large_frames_before_the_handshake_close_the_connection() {
+    init_tracing();
+    let nodes = secret_cluster(1, "s3cret").await;
+    wait_agreement(&nodes, 1, "one node").await;
+    let addr = nodes[0].info().addr.clone();
+    for declared in [5u32 << 10, 1 << 20, 8 << 20] {
+        let mut s = TcpStream::connect(&addr).await.unwrap();
+        s.write_all(&declared.to_be_bytes()).await.unwrap();
+        s.write_all(&[0u8; 100]).await.unwrap();
+        expect_closed(&mut s).await;
+    }
+    assert!(
+        nodes[0]
+            .wire_stats()
+            .frames_rejected
+            .load(Ordering::Relaxed)
+            >= 3
+    );
     shutdown_all(&nodes).await;
 }

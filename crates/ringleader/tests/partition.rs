@@ -36,10 +36,13 @@ async fn watch_single_leader<F: FnMut() -> bool>(nodes: &[Node], what: &str, mut
 async fn a_cut_off_leader_stops_leading_before_a_new_one_is_elected() {
     init_tracing();
     let addrs = free_addrs(3);
-    let transports: Vec<Arc<FaultyTransport>> = (0..3).map(|_| FaultyTransport::new()).collect();
+    let ids: Vec<u64> = (0..3).map(|_| rand::random::<u64>() | 1).collect();
+    let transports: Vec<Arc<FaultyTransport>> =
+        ids.iter().map(|id| FaultyTransport::new(*id)).collect();
     let mut nodes = Vec::new();
     for (i, addr) in addrs.iter().enumerate() {
         let node = builder(&format!("p{i}"), addr, &addrs)
+            .id(ids[i])
             .transport(transports[i].clone())
             .start()
             .await

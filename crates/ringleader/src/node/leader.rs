@@ -39,6 +39,15 @@ async fn bounded<T, E: std::fmt::Display>(
 }
 
 pub(crate) async fn write(core: &Core, command: Command) -> Result<u64, Error> {
+    // An entry no frame can carry would stop replication for good.
+    let bytes = postcard::experimental::serialized_size(&command).map_err(raft_err)?;
+    if bytes > crate::limits::MAX_ENTRY_BYTES {
+        debug_assert!(false, "a {bytes}-byte entry was about to be proposed");
+        return Err(Error::Raft(format!(
+            "refused to propose a {bytes}-byte entry (limit {})",
+            crate::limits::MAX_ENTRY_BYTES
+        )));
+    }
     let response = bounded(core, "write", core.raft.client_write(command)).await?;
     Ok(response.log_id.index)
 }

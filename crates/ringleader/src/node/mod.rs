@@ -183,9 +183,20 @@ impl<N: Net> NodeBuilder<N> {
         self
     }
 
-    /// A shared secret every peer must prove it knows.
-    pub fn secret(mut self, secret: impl Into<Vec<u8>>) -> Self {
-        self.config.secret = Some(Secret::new(secret));
+    /// A shared secret every peer must prove it knows (make one with
+    /// [`Secret::new`]). Required unless every address is on loopback or
+    /// [`NodeBuilder::allow_unauthenticated`] is given.
+    pub fn secret(mut self, secret: Secret) -> Self {
+        self.config.secret = Some(secret);
+        self
+    }
+
+    /// Lets the node run without a secret on non-loopback addresses, so
+    /// anyone who can reach its peer port can act as a peer. Only for
+    /// networks where that is already impossible (a test network namespace,
+    /// a simulator).
+    pub fn allow_unauthenticated(mut self) -> Self {
+        self.config.allow_unauthenticated = true;
         self
     }
 
@@ -575,6 +586,7 @@ impl Node {
         };
         let wire = Arc::new(WireConfig {
             cluster: config.cluster.clone(),
+            node: id,
             secret: config.secret.clone(),
             max_frame: config.max_frame,
             handshake_timeout: Duration::from_secs(2),

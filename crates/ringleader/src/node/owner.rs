@@ -290,11 +290,7 @@ pub(crate) async fn rebalance(core: &Arc<Core>) -> Result<(), Error> {
                 .map(|d| d.checked_sub(timeout).unwrap_or(*d))
                 .collect()
         };
-        super::leader::write(
-            core,
-            Command::Partitions(PartitionOp::Release(plan.release)),
-        )
-        .await?;
+        write_op(core, PartitionOp::Release(plan.release)).await?;
         let millis: u64 = started
             .iter()
             .map(|s| u64::try_from(s.elapsed().as_millis()).unwrap_or(u64::MAX))
@@ -316,12 +312,11 @@ pub(crate) async fn rebalance(core: &Arc<Core>) -> Result<(), Error> {
     );
     let result = async {
         if !plan.revoke.is_empty() {
-            super::leader::write(core, Command::Partitions(PartitionOp::Revoke(plan.revoke)))
-                .await?;
+            write_op(core, PartitionOp::Revoke(plan.revoke)).await?;
         }
         if !plan.grant.is_empty() {
             let n = plan.grant.len() as u64;
-            super::leader::write(core, Command::Partitions(PartitionOp::Grant(plan.grant))).await?;
+            write_op(core, PartitionOp::Grant(plan.grant)).await?;
             core.stats
                 .partitions_granted
                 .fetch_add(n, Ordering::Relaxed);
@@ -331,6 +326,15 @@ pub(crate) async fn rebalance(core: &Arc<Core>) -> Result<(), Error> {
     .await;
     poke(core, &state, concerned);
     result
+}
+
+/// Commits `op`, in entries of at most [`crate::limits::MAX_OP_PARTITIONS`]
+/// partitions each, so no entry outgrows a frame.
+async fn write_op(core: &Arc<Core>, op: PartitionOp) -> Result<(), Error> {
+    for part in op.split(crate::limits::MAX_OP_PARTITIONS) {
+        super::leader::write(core, Command::Partitions(part)).await?;
+    }
+    Ok(())
 }
 
 /// Asks each of `nodes` (but this one) to heartbeat now, without waiting:

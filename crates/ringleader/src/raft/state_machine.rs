@@ -92,17 +92,33 @@ impl StateMachine {
         }
         match inner.recent.front() {
             // The window holds every entry after `known_index`.
-            Some((first, _)) if *first <= known_index + 1 => Update::Delta(
-                inner
-                    .recent
-                    .iter()
-                    .filter(|(i, _)| *i > known_index)
-                    .cloned()
-                    .collect(),
-            ),
+            Some((first, _)) if *first <= known_index + 1 => {
+                let budget = crate::limits::delta_budget(state.partitions.len());
+                delta_within(&inner.recent, known_index, budget)
+                    .map_or_else(|| Update::Snapshot(Box::new(state.clone())), Update::Delta)
+            }
             _ => Update::Snapshot(Box::new(state.clone())),
         }
     }
+}
+
+/// The entries of `recent` after `known_index`, if their encoding fits
+/// `budget` bytes (a snapshot is bounded; a delta must be too).
+fn delta_within(
+    recent: &VecDeque<(u64, Command)>,
+    known_index: u64,
+    budget: usize,
+) -> Option<Vec<(u64, Command)>> {
+    let mut used = 0usize;
+    let mut delta = Vec::new();
+    for entry in recent.iter().filter(|(i, _)| *i > known_index) {
+        used = used.saturating_add(postcard::experimental::serialized_size(entry).ok()?);
+        if used > budget {
+            return None;
+        }
+        delta.push(entry.clone());
+    }
+    Some(delta)
 }
 
 fn command_of(entry: &Entry<TypeConfig>) -> Command {
@@ -222,5 +238,22 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             meta,
             snapshot: Box::new(Cursor::new(bytes)),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::partitions::PartitionOp;
+
+    #[test]
+    fn a_delta_over_its_budget_is_refused() {
+        let grant = |p: u32| Command::Partitions(PartitionOp::Grant(vec![(p, u64::MAX)]));
+        let recent: VecDeque<(u64, Command)> = (1..=10).map(|i| (i, grant(i as u32))).collect();
+        let one = postcard::experimental::serialized_size(&recent[0]).unwrap();
+        let all = delta_within(&recent, 0, 10 * one).expect("fits");
+        assert_eq!(all.len(), 10);
+        assert_eq!(delta_within(&recent, 5, 5 * one).map(|d| d.len()), Some(5));
+        assert!(delta_within(&recent, 0, 10 * one - 1).is_none());
     }
 }

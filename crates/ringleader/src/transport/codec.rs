@@ -2,31 +2,171 @@
 //!
 //! A frame is a 4-byte big-endian length followed by that many bytes of
 //! payload; the payload is one `postcard`-encoded message. Frames longer than
-//! the configured maximum are refused before their payload is read.
+//! the connection's current maximum are refused before their payload is read,
+//! and nothing is allocated from a declared length: the read buffer grows
+//! only with bytes that actually arrived. A connection starts with the small
+//! [`HANDSHAKE_MAX_FRAME`] and is raised to the configured maximum only once
+//! the peer is authenticated ([`FrameCodec::set_max_frame`]). Frames larger
+//! than [`BUDGETED_FRAME`] also need room in a node-wide [`FrameBudget`]
+//! while they are being received, so many peers sending large frames at once
+//! cannot exhaust memory.
 
-use bytes::{Bytes, BytesMut};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use bytes::{Buf, Bytes, BytesMut};
 use futures::{SinkExt, StreamExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio_util::codec::{Decoder, Encoder, Framed, LengthDelimitedCodec};
+use tokio_util::codec::{Decoder, Encoder, Framed};
 
 use crate::error::TransportError;
 
-/// Default maximum frame size: 8 MiB (Raft snapshot chunks are sent at most
-/// 1 MiB at a time, so this leaves ample room).
+/// Default maximum frame size: 8 MiB. Every message a node sends fits in it
+/// by construction: log entries, replication batches and member catch-up
+/// updates are bounded (see [`crate::limits`]), and Raft snapshots are sent
+/// in chunks of at most 1 MiB.
 pub const DEFAULT_MAX_FRAME: usize = 8 * 1024 * 1024;
+
+/// The largest frame accepted before the handshake has authenticated the
+/// peer: a handshake message is well under 1 KiB.
+pub const HANDSHAKE_MAX_FRAME: usize = 4 * 1024;
+
+/// Frames up to this size are received without asking the [`FrameBudget`].
+pub const BUDGETED_FRAME: usize = 64 * 1024;
+
+/// Default node-wide budget for large frames being received at once.
+pub const DEFAULT_FRAME_BUDGET: usize = 64 * 1024 * 1024;
+
+const HEAD: usize = 4;
 
 /// A byte stream split into frames.
 pub type FramedStream<S> = Framed<S, FrameCodec>;
 
-/// `tokio_util`'s length-delimited codec, plus one thing it lacks: a
-/// connection that ends after a frame's length prefix but before its payload
-/// is reported as truncated, not as a clean close.
+/// How many bytes of large frames one node may be receiving at once, shared
+/// by all its connections. A frame that does not fit closes its connection.
+#[derive(Debug)]
+pub struct FrameBudget {
+    limit: usize,
+    used: AtomicUsize,
+}
+
+impl FrameBudget {
+    /// A budget of `limit` bytes.
+    pub fn new(limit: usize) -> Arc<Self> {
+        Arc::new(Self {
+            limit,
+            used: AtomicUsize::new(0),
+        })
+    }
+
+    /// Bytes currently taken.
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    fn take(&self, n: usize) -> bool {
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                used.checked_add(n).filter(|total| *total <= self.limit)
+            })
+            .is_ok()
+    }
+
+    fn give_back(&self, n: usize) {
+        let before = self.used.fetch_sub(n, Ordering::AcqRel);
+        debug_assert!(before >= n, "frame budget returned more than it lent");
+    }
+}
+
+/// The frame codec: a 4-byte big-endian length, then the payload.
+///
+/// Unlike `tokio_util`'s length-delimited codec it never reserves buffer
+/// space for a declared length (a stranger could declare 8 MiB on a
+/// thousand connections and send nothing), its limit can be raised after
+/// the handshake, and a connection that ends after a frame's length prefix
+/// but before its payload is reported as truncated, not as a clean close.
 #[derive(Debug)]
 pub struct FrameCodec {
-    inner: LengthDelimitedCodec,
-    mid_frame: bool,
+    max_frame: usize,
+    budget: Option<Arc<FrameBudget>>,
+    /// The declared length of the frame being received, once its head is read.
+    pending: Option<usize>,
+    /// Bytes of the budget this connection holds for `pending`.
+    held: usize,
+}
+
+impl FrameCodec {
+    /// A codec refusing frames over `max_frame`, taking large frames from
+    /// `budget` when one is given.
+    pub fn new(max_frame: usize, budget: Option<Arc<FrameBudget>>) -> Self {
+        Self {
+            max_frame,
+            budget,
+            pending: None,
+            held: 0,
+        }
+    }
+
+    /// Changes the largest frame accepted from now on.
+    pub fn set_max_frame(&mut self, max_frame: usize) {
+        self.max_frame = max_frame;
+    }
+
+    /// The largest frame accepted now.
+    pub fn max_frame(&self) -> usize {
+        self.max_frame
+    }
+
+    fn release(&mut self) {
+        if let Some(budget) = &self.budget {
+            if self.held > 0 {
+                budget.give_back(self.held);
+            }
+        }
+        self.held = 0;
+    }
+
+    fn invalid(message: String) -> std::io::Error {
+        std::io::Error::new(std::io::ErrorKind::InvalidData, message)
+    }
+
+    /// Reads a frame head from `buf`, checking the declared length.
+    fn head(&mut self, buf: &mut BytesMut) -> Result<Option<usize>, std::io::Error> {
+        if let Some(len) = self.pending {
+            return Ok(Some(len));
+        }
+        if buf.len() < HEAD {
+            return Ok(None);
+        }
+        let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+        if len > self.max_frame {
+            return Err(Self::invalid(format!(
+                "frame of {len} bytes is over the limit of {}",
+                self.max_frame
+            )));
+        }
+        if len > BUDGETED_FRAME {
+            if let Some(budget) = &self.budget {
+                if !budget.take(len) {
+                    return Err(Self::invalid(format!(
+                        "frame of {len} bytes does not fit the node's frame budget now"
+                    )));
+                }
+                self.held = len;
+            }
+        }
+        buf.advance(HEAD);
+        self.pending = Some(len);
+        Ok(Some(len))
+    }
+}
+
+impl Drop for FrameCodec {
+    fn drop(&mut self) {
+        self.release();
+    }
 }
 
 impl Decoder for FrameCodec {
@@ -34,21 +174,21 @@ impl Decoder for FrameCodec {
     type Error = std::io::Error;
 
     fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<BytesMut>, std::io::Error> {
-        let before = buf.len();
-        let frame = self.inner.decode(buf)?;
-        if frame.is_some() {
-            self.mid_frame = false;
-        } else if buf.len() < before {
-            // The length prefix was consumed; the payload is still due.
-            self.mid_frame = true;
+        let Some(len) = self.head(buf)? else {
+            return Ok(None);
+        };
+        if buf.len() < len {
+            return Ok(None);
         }
-        Ok(frame)
+        self.pending = None;
+        self.release();
+        Ok(Some(buf.split_to(len)))
     }
 
     fn decode_eof(&mut self, buf: &mut BytesMut) -> Result<Option<BytesMut>, std::io::Error> {
         match self.decode(buf)? {
             Some(frame) => Ok(Some(frame)),
-            None if self.mid_frame || !buf.is_empty() => Err(std::io::Error::new(
+            None if self.pending.is_some() || !buf.is_empty() => Err(std::io::Error::new(
                 std::io::ErrorKind::UnexpectedEof,
                 "connection closed in the middle of a frame",
             )),
@@ -61,24 +201,38 @@ impl Encoder<Bytes> for FrameCodec {
     type Error = std::io::Error;
 
     fn encode(&mut self, item: Bytes, dst: &mut BytesMut) -> Result<(), std::io::Error> {
-        self.inner.encode(item, dst)
+        // Our own frames obey the limit we ask of peers: a message that
+        // outgrew it is a bug here, not something to send.
+        let len = u32::try_from(item.len())
+            .ok()
+            .filter(|len| *len as usize <= self.max_frame)
+            .ok_or_else(|| {
+                Self::invalid(format!(
+                    "frame of {} bytes is over the limit of {}",
+                    item.len(),
+                    self.max_frame
+                ))
+            })?;
+        dst.reserve(HEAD + item.len());
+        dst.extend_from_slice(&len.to_be_bytes());
+        dst.extend_from_slice(&item);
+        Ok(())
     }
 }
 
-/// Wraps `stream` in the frame codec with the given maximum payload size.
+/// Wraps `stream` in the frame codec with the given maximum payload size and
+/// no budget (for the connecting side, whose peers it chose).
 pub fn framed<S: AsyncRead + AsyncWrite>(stream: S, max_frame: usize) -> FramedStream<S> {
-    let inner = LengthDelimitedCodec::builder()
-        .length_field_length(4)
-        .big_endian()
-        .max_frame_length(max_frame)
-        .new_codec();
-    Framed::new(
-        stream,
-        FrameCodec {
-            inner,
-            mid_frame: false,
-        },
-    )
+    Framed::new(stream, FrameCodec::new(max_frame, None))
+}
+
+/// Wraps `stream` in the frame codec, taking large frames from `budget`.
+pub fn framed_with_budget<S: AsyncRead + AsyncWrite>(
+    stream: S,
+    max_frame: usize,
+    budget: Arc<FrameBudget>,
+) -> FramedStream<S> {
+    Framed::new(stream, FrameCodec::new(max_frame, Some(budget)))
 }
 
 /// Encodes one message into a frame payload.
@@ -134,8 +288,8 @@ where
 }
 
 fn frame_error(e: std::io::Error) -> TransportError {
-    // LengthDelimitedCodec reports oversized frames as InvalidData and a
-    // connection cut mid-frame as UnexpectedEof.
+    // FrameCodec reports oversized frames as InvalidData and a connection
+    // cut mid-frame as UnexpectedEof.
     match e.kind() {
         std::io::ErrorKind::InvalidData => TransportError::Malformed(e.to_string()),
         std::io::ErrorKind::UnexpectedEof => {
@@ -278,6 +432,87 @@ mod tests {
         b.write_all(&(1_000_000u32).to_be_bytes()).await.unwrap();
         let got = recv::<_, Request>(&mut reader).await;
         assert!(matches!(got, Err(TransportError::Malformed(_))), "{got:?}");
+    }
+
+    #[test]
+    fn a_declared_length_allocates_nothing() {
+        let mut codec = FrameCodec::new(DEFAULT_MAX_FRAME, None);
+        let mut buf = BytesMut::with_capacity(16);
+        buf.extend_from_slice(&(DEFAULT_MAX_FRAME as u32).to_be_bytes());
+        buf.extend_from_slice(b"abc");
+        assert!(codec.decode(&mut buf).unwrap().is_none());
+        assert!(buf.capacity() < 1024, "capacity {}", buf.capacity());
+    }
+
+    #[test]
+    fn the_limit_applies_until_raised() {
+        let payload = vec![7u8; 5000];
+        let frame = raw_frame(&payload);
+        let mut small = FrameCodec::new(HANDSHAKE_MAX_FRAME, None);
+        assert!(small.decode(&mut frame.clone()).is_err());
+        small.set_max_frame(DEFAULT_MAX_FRAME);
+        let got = small.decode(&mut frame.clone()).unwrap().unwrap();
+        assert_eq!(&got[..], &payload[..]);
+        // Our own frames obey the limit too.
+        let mut out = BytesMut::new();
+        let mut codec = FrameCodec::new(HANDSHAKE_MAX_FRAME, None);
+        assert!(codec.encode(Bytes::from(payload), &mut out).is_err());
+    }
+
+    #[test]
+    fn large_frames_share_the_budget_and_give_it_back() {
+        let budget = FrameBudget::new(3 * BUDGETED_FRAME);
+        let head = |len: usize| {
+            let mut b = BytesMut::new();
+            b.extend_from_slice(&(len as u32).to_be_bytes());
+            b
+        };
+        let big = 2 * BUDGETED_FRAME;
+        let mut a = FrameCodec::new(DEFAULT_MAX_FRAME, Some(budget.clone()));
+        let mut b = FrameCodec::new(DEFAULT_MAX_FRAME, Some(budget.clone()));
+        assert!(a.decode(&mut head(big)).unwrap().is_none());
+        assert_eq!(budget.used(), big);
+        // The second large frame does not fit while the first is pending.
+        assert!(b.decode(&mut head(big)).is_err());
+        // Small frames never ask.
+        let mut c = FrameCodec::new(DEFAULT_MAX_FRAME, Some(budget.clone()));
+        let small = raw_frame(&[1, 2, 3]);
+        assert!(c.decode(&mut small.clone()).unwrap().is_some());
+        // A completed frame gives its share back...
+        let mut rest = BytesMut::from(&vec![0u8; big][..]);
+        assert_eq!(a.decode(&mut rest).unwrap().unwrap().len(), big);
+        assert_eq!(budget.used(), 0);
+        // ...and so does a connection dropped mid-frame.
+        let mut d = FrameCodec::new(DEFAULT_MAX_FRAME, Some(budget.clone()));
+        assert!(d.decode(&mut head(big)).unwrap().is_none());
+        assert_eq!(budget.used(), big);
+        drop(d);
+        assert_eq!(budget.used(), 0);
+    }
+
+    proptest! {
+        #[test]
+        fn frames_split_anywhere_decode_the_same(
+            payloads in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..300), 1..5),
+            cut in 0usize..2000,
+        ) {
+            let mut wire = BytesMut::new();
+            for p in &payloads {
+                wire.extend_from_slice(&raw_frame(p));
+            }
+            let cut = cut.min(wire.len());
+            let mut codec = FrameCodec::new(1024, None);
+            let mut buf = BytesMut::from(&wire[..cut]);
+            let mut got = Vec::new();
+            while let Some(f) = codec.decode(&mut buf).unwrap() {
+                got.push(f.to_vec());
+            }
+            buf.extend_from_slice(&wire[cut..]);
+            while let Some(f) = codec.decode(&mut buf).unwrap() {
+                got.push(f.to_vec());
+            }
+            prop_assert_eq!(got, payloads);
+        }
     }
 
     #[tokio::test]

@@ -23,10 +23,14 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use self::codec::{FramedStream, framed, recv, recv_required, send};
+use self::codec::{
+    FrameBudget, FramedStream, HANDSHAKE_MAX_FRAME, framed, framed_with_budget, recv,
+    recv_required, send,
+};
 use self::handshake::Secret;
-use crate::error::TransportError;
+use crate::error::{HandshakeError, TransportError};
 use crate::protocol::{Request, Response};
+use crate::types::NodeId;
 
 /// Sends requests to peers by address.
 pub trait Transport: Send + Sync + 'static {
@@ -102,10 +106,21 @@ impl Net for TokioNet {
     }
 }
 
+/// Who sent a request: the identity its connection's handshake established.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Peer {
+    /// The node id the sender gave in its handshake (covered by the proof
+    /// of the cluster secret when there is one).
+    pub id: NodeId,
+    /// Whether the sender proved it knows the cluster secret.
+    pub authenticated: bool,
+}
+
 /// Serves requests arriving from peers.
 pub trait Handler: Send + Sync + 'static {
-    /// Answers one request.
-    fn handle(&self, request: Request) -> BoxFuture<'_, Response>;
+    /// Answers one request from `peer`. A request that speaks for another
+    /// node than `peer` must be refused.
+    fn handle(&self, peer: Peer, request: Request) -> BoxFuture<'_, Response>;
 }
 
 /// Settings shared by both ends of a connection.
@@ -113,6 +128,10 @@ pub trait Handler: Send + Sync + 'static {
 pub struct WireConfig {
     /// The cluster name checked in the handshake.
     pub cluster: String,
+    /// This node's id, given in every handshake it makes or answers. A
+    /// transport given to [`crate::NodeBuilder::transport`] must be made
+    /// with the id given to [`crate::NodeBuilder::id`].
+    pub node: NodeId,
     /// The optional shared secret.
     pub secret: Option<Secret>,
     /// The largest frame accepted or sent.
@@ -128,8 +147,14 @@ pub struct WireStats {
     pub handshakes_refused: AtomicU64,
     /// Connections closed because of a malformed, truncated or oversized frame.
     pub frames_rejected: AtomicU64,
-    /// Connections dropped because too many were open.
+    /// Connections dropped because too many were open, or too many were
+    /// still in their handshake (from one address or in all).
     pub connections_shed: AtomicU64,
+    /// Log lines about refused peers left out to keep the log small.
+    pub refusals_unlogged: AtomicU64,
+    /// Requests refused after the handshake: they spoke for another node
+    /// than their connection's, or listed more partitions than there are.
+    pub requests_refused: AtomicU64,
 }
 
 const IDLE_PER_PEER: usize = 4;
@@ -182,8 +207,10 @@ impl<N: Net> TcpTransport<N> {
             .await
             .map_err(|e| TransportError::Io(format!("connect {addr}: {e}")))?;
         self.net.prepare(&stream);
-        let mut conn = framed(stream, self.config.max_frame);
-        handshake::client(&mut conn, &self.config.cluster, self.config.secret.as_ref()).await?;
+        let mut conn = framed(stream, HANDSHAKE_MAX_FRAME);
+        let c = &self.config;
+        handshake::client(&mut conn, &c.cluster, c.node, c.secret.as_ref()).await?;
+        conn.codec_mut().set_max_frame(c.max_frame);
         Ok(conn)
     }
 
@@ -236,6 +263,118 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// The most connections one node serves at once; more are closed at accept.
 pub const MAX_CONNECTIONS: usize = 1024;
 
+/// The most connections that may be in their handshake at once; more are
+/// closed at accept. Authenticated connections do not count.
+pub const MAX_HANDSHAKING: usize = 256;
+
+/// The most connections from one (non-loopback) IP address that may be in
+/// their handshake at once.
+pub const MAX_HANDSHAKING_PER_SOURCE: usize = 64;
+
+/// Connections still in their handshake, in all and per source address.
+#[derive(Debug, Default)]
+struct Handshaking {
+    per_source: Mutex<HashMap<std::net::IpAddr, usize>>,
+}
+
+/// A place in [`Handshaking`], given back when dropped.
+struct HandshakeSlot<'a> {
+    table: &'a Handshaking,
+    source: std::net::IpAddr,
+}
+
+impl Handshaking {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<std::net::IpAddr, usize>> {
+        self.per_source.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A slot for a handshake from `source`, if both limits allow one.
+    fn enter(&self, source: std::net::IpAddr) -> Option<HandshakeSlot<'_>> {
+        let mut table = self.lock();
+        let total: usize = table.values().sum();
+        let mine = table.get(&source).copied().unwrap_or(0);
+        // Every local process shares one loopback source (a whole test or
+        // dev cluster): only the total bounds them.
+        let per_source = !source.is_loopback() && mine >= MAX_HANDSHAKING_PER_SOURCE;
+        if total >= MAX_HANDSHAKING || per_source {
+            return None;
+        }
+        table.insert(source, mine + 1);
+        Some(HandshakeSlot {
+            table: self,
+            source,
+        })
+    }
+}
+
+impl Drop for HandshakeSlot<'_> {
+    fn drop(&mut self) {
+        let mut table = self.table.lock();
+        if let Some(n) = table.get_mut(&self.source) {
+            *n -= 1;
+            if *n == 0 {
+                table.remove(&self.source);
+            }
+        }
+    }
+}
+
+/// Log lines about refused peers: at most [`REFUSALS_LOGGED`] per
+/// [`REFUSAL_WINDOW`]; the rest are counted in
+/// [`WireStats::refusals_unlogged`] and summed up in the next window's first
+/// line, so a flood of bad handshakes cannot flood the log.
+#[derive(Debug, Default)]
+struct RefusalLog {
+    window: Mutex<Option<(crate::clock::Instant, u32, u64)>>,
+}
+
+const REFUSALS_LOGGED: u32 = 10;
+const REFUSAL_WINDOW: Duration = Duration::from_secs(10);
+
+impl RefusalLog {
+    /// Whether to log this refusal now; also the count left out before it.
+    fn admit(&self, stats: &WireStats) -> Option<u64> {
+        let now = crate::clock::Instant::now();
+        let mut window = self.window.lock().unwrap_or_else(|e| e.into_inner());
+        let (start, logged, skipped) = window.get_or_insert((now, 0, 0));
+        if now.duration_since(*start) >= REFUSAL_WINDOW {
+            let left_out = *skipped;
+            *window = Some((now, 1, 0));
+            return Some(left_out);
+        }
+        if *logged < REFUSALS_LOGGED {
+            *logged += 1;
+            return Some(0);
+        }
+        *skipped += 1;
+        stats.refusals_unlogged.fetch_add(1, Ordering::Relaxed);
+        None
+    }
+}
+
+/// What [`serve`] shares between its connections.
+struct Shared {
+    config: Arc<WireConfig>,
+    handler: Arc<dyn Handler>,
+    stats: Arc<WireStats>,
+    budget: Arc<FrameBudget>,
+    handshaking: Handshaking,
+    refusals: RefusalLog,
+}
+
+impl Shared {
+    /// Logs a refused peer, within the rate limit. `what` is bounded text.
+    fn refused(&self, peer: SocketAddr, what: &str) {
+        if let Some(left_out) = self.refusals.admit(&self.stats) {
+            if left_out > 0 {
+                tracing::warn!(%peer, error = %what, left_out, "peer refused (and {left_out} more not logged)");
+            } else {
+                tracing::warn!(%peer, error = %what, "peer refused");
+            }
+        }
+    }
+}
+
 /// Accepts peer connections on `listener` (bound with `net`) until
 /// `shutdown` fires, serving each on its own task. A connection that fails
 /// its handshake or sends a bad frame is closed and logged; nothing else is
@@ -249,6 +388,14 @@ pub async fn serve<N: Net>(
     shutdown: CancellationToken,
 ) {
     let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let shared = Arc::new(Shared {
+        config,
+        handler,
+        stats,
+        budget: FrameBudget::new(codec::DEFAULT_FRAME_BUDGET),
+        handshaking: Handshaking::default(),
+        refusals: RefusalLog::default(),
+    });
     loop {
         let accepted = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -264,57 +411,82 @@ pub async fn serve<N: Net>(
             }
         };
         let Ok(permit) = permits.clone().try_acquire_owned() else {
-            stats.connections_shed.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(%peer, "too many connections; closing this one");
+            shared
+                .stats
+                .connections_shed
+                .fetch_add(1, Ordering::Relaxed);
+            shared.refused(peer, "too many connections");
             continue;
         };
         net.prepare(&stream);
-        let config = config.clone();
-        let handler = handler.clone();
-        let stats = stats.clone();
+        let shared = shared.clone();
         let shutdown = shutdown.clone();
         crate::clock::spawn(async move {
             let _permit = permit;
             tokio::select! {
                 _ = shutdown.cancelled() => {}
-                _ = serve_connection(stream, peer, config, handler, stats) => {}
+                _ = serve_connection(stream, peer, &shared) => {}
             }
         });
     }
 }
 
+/// Runs the server side of the handshake on a fresh connection, within the
+/// handshake limits; `None` when the connection was refused (and logged).
+async fn admit<S: AsyncRead + AsyncWrite + Unpin>(
+    conn: &mut FramedStream<S>,
+    peer: SocketAddr,
+    shared: &Shared,
+) -> Option<Peer> {
+    let Some(_slot) = shared.handshaking.enter(peer.ip()) else {
+        shared
+            .stats
+            .connections_shed
+            .fetch_add(1, Ordering::Relaxed);
+        shared.refused(peer, "too many connections in their handshake");
+        return None;
+    };
+    let c = &shared.config;
+    let handshake = handshake::server(conn, &c.cluster, c.node, c.secret.as_ref());
+    let outcome = crate::clock::timeout(c.handshake_timeout, handshake).await;
+    let error = match outcome {
+        Ok(Ok(established)) => {
+            return Some(Peer {
+                id: established.peer,
+                authenticated: established.authenticated,
+            });
+        }
+        // Connected and left without a word (a port check, say).
+        Ok(Err(TransportError::Closed)) => return None,
+        Ok(Err(e @ TransportError::Handshake(_))) => e,
+        Ok(Err(e)) => {
+            shared.stats.frames_rejected.fetch_add(1, Ordering::Relaxed);
+            e
+        }
+        Err(_) => TransportError::Handshake(HandshakeError::Unexpected(
+            "no complete handshake in time".into(),
+        )),
+    };
+    if matches!(error, TransportError::Handshake(_)) {
+        shared
+            .stats
+            .handshakes_refused
+            .fetch_add(1, Ordering::Relaxed);
+    }
+    shared.refused(peer, &error.to_string());
+    None
+}
+
 async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
     stream: S,
-    peer: std::net::SocketAddr,
-    config: Arc<WireConfig>,
-    handler: Arc<dyn Handler>,
-    stats: Arc<WireStats>,
+    peer: SocketAddr,
+    shared: &Shared,
 ) {
-    let mut conn = framed(stream, config.max_frame);
-    let handshake = handshake::server(&mut conn, &config.cluster, config.secret.as_ref());
-    match crate::clock::timeout(config.handshake_timeout, handshake).await {
-        Ok(Ok(())) => {}
-        Ok(Err(TransportError::Handshake(e))) => {
-            stats.handshakes_refused.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(%peer, error = %e, "peer refused at handshake");
-            return;
-        }
-        Ok(Err(TransportError::Closed)) => {
-            // Connected and left without a word (a port check, say).
-            tracing::debug!(%peer, "connection closed before the handshake");
-            return;
-        }
-        Ok(Err(e)) => {
-            stats.frames_rejected.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(%peer, error = %e, "bad handshake; connection closed");
-            return;
-        }
-        Err(_) => {
-            stats.handshakes_refused.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(%peer, "handshake timed out; connection closed");
-            return;
-        }
-    }
+    let mut conn = framed_with_budget(stream, HANDSHAKE_MAX_FRAME, shared.budget.clone());
+    let Some(sender) = admit(&mut conn, peer, shared).await else {
+        return;
+    };
+    conn.codec_mut().set_max_frame(shared.config.max_frame);
     loop {
         let next = crate::clock::timeout(IDLE_TIMEOUT, recv::<_, Request>(&mut conn)).await;
         let Ok(next) = next else {
@@ -325,8 +497,9 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
             Ok(Some(request)) => request,
             Ok(None) => return,
             Err(TransportError::Malformed(reason)) => {
-                stats.frames_rejected.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(%peer, %reason, "malformed frame; connection closed");
+                shared.stats.frames_rejected.fetch_add(1, Ordering::Relaxed);
+                let reason = crate::limits::clip(&reason, crate::limits::MAX_NAME_BYTES);
+                shared.refused(peer, &format!("malformed frame: {reason}"));
                 return;
             }
             Err(e) => {
@@ -334,10 +507,47 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
                 return;
             }
         };
-        let response = handler.handle(request).await;
+        let response = shared.handler.handle(sender, request).await;
         if let Err(e) = send(&mut conn, &response).await {
             tracing::debug!(%peer, error = %e, "could not answer; connection closed");
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handshakes_are_limited_per_source_and_in_all() {
+        let table = Handshaking::default();
+        let a: std::net::IpAddr = [10, 0, 0, 1].into();
+        let mut held: Vec<_> = (0..MAX_HANDSHAKING_PER_SOURCE)
+            .map(|_| table.enter(a).expect("under the limit"))
+            .collect();
+        assert!(table.enter(a).is_none());
+        held.pop();
+        assert!(table.enter(a).is_some());
+        // Other sources fill the rest of the table, and no more.
+        let mut others = Vec::new();
+        let mut i = 0u32;
+        while let Some(slot) = table.enter(std::net::IpAddr::from((i + 1).to_be_bytes())) {
+            others.push(slot);
+            i += 1;
+        }
+        assert_eq!(held.len() + others.len(), MAX_HANDSHAKING);
+        drop(held);
+        drop(others);
+        assert!(table.lock().is_empty());
+    }
+
+    #[test]
+    fn refusals_are_logged_at_a_bounded_rate() {
+        let log = RefusalLog::default();
+        let stats = WireStats::default();
+        let logged = (0..1000).filter(|_| log.admit(&stats).is_some()).count();
+        assert_eq!(logged, REFUSALS_LOGGED as usize);
+        assert_eq!(stats.refusals_unlogged.load(Ordering::Relaxed), 990);
     }
 }

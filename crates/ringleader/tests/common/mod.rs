@@ -158,9 +158,11 @@ pub struct FaultyTransport {
 }
 
 impl FaultyTransport {
-    pub fn new() -> std::sync::Arc<Self> {
+    /// A transport for the node to be started with `.id(id)`.
+    pub fn new(id: ringleader::NodeId) -> std::sync::Arc<Self> {
         let wire = ringleader::transport::WireConfig {
             cluster: ringleader::config::DEFAULT_CLUSTER.to_string(),
+            node: id,
             secret: None,
             max_frame: ringleader::transport::codec::DEFAULT_MAX_FRAME,
             handshake_timeout: Duration::from_secs(2),
