@@ -22,6 +22,7 @@ use ringleader::ownership::Grant;
 use ringleader::transport::Net;
 use ringleader::{Event, Node, Role, Timings};
 
+pub mod outsider;
 pub mod scale;
 
 /// The simulated network: turmoil's TCP.
@@ -320,6 +321,17 @@ enum Phase {
 
 /// Runs one seed to the end and returns what happened.
 pub fn run_seed(seed: u64) -> Outcome {
+    run(seed, false)
+}
+
+/// Runs one seed with an [`outsider`] attacking the cluster during its
+/// first 10 s (the same cluster and faults as [`run_seed`] would draw; the
+/// outsider's traffic changes the interleavings).
+pub fn run_seed_with_outsider(seed: u64) -> Outcome {
+    run(seed, true)
+}
+
+fn run(seed: u64, with_outsider: bool) -> Outcome {
     // Everything ringleader draws (ids it would draw, nonces, openraft's
     // election timeouts) follows from the seed: every host runs on this
     // thread.
@@ -379,6 +391,20 @@ pub fn run_seed(seed: u64) -> Outcome {
             host_software(name.clone(), seeds.clone(), partitions, slot.clone())
         });
     }
+    let findings = outsider::Findings::default();
+    if with_outsider {
+        sim.client(
+            "outsider",
+            outsider::software(
+                seed,
+                names.clone(),
+                partitions,
+                Duration::from_secs(1),
+                Duration::from_secs(10),
+                findings.clone(),
+            ),
+        );
+    }
 
     let mut st = Checker::new(seed, partitions);
     st.trace.push(format!(
@@ -427,6 +453,9 @@ pub fn run_seed(seed: u64) -> Outcome {
         }
         // Samples of a millisecond may straddle two steps; check with lag.
         st.check_until(now.saturating_sub(2));
+        for finding in std::mem::take(&mut *findings.lock().unwrap_or_else(|e| e.into_inner())) {
+            st.violation(now, finding);
+        }
 
         let live: Vec<(usize, Node)> = slots
             .iter()

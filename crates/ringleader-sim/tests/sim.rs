@@ -24,6 +24,24 @@ fn many_seeds_hold_every_invariant() {
     assert!(failures.is_empty(), "seeds with violations: {failures:?}");
 }
 
+/// Issue 18: an outsider speaking the protocol (without the secret, with a
+/// wrong one, and holding it but speaking for others) never gets a request
+/// through and never breaks an invariant.
+#[test]
+fn an_outsider_changes_nothing() {
+    let seeds = if cfg!(debug_assertions) { 4 } else { 40 };
+    let failures: Vec<u64> = (1000..1000 + seeds)
+        .filter(|seed| {
+            let outcome = ringleader_sim::run_seed_with_outsider(*seed);
+            if !outcome.violations.is_empty() {
+                eprint!("{}", outcome.report());
+            }
+            !outcome.violations.is_empty()
+        })
+        .collect();
+    assert!(failures.is_empty(), "seeds with violations: {failures:?}");
+}
+
 /// Seeds the 10 000-seed soaks once failed, each for a bug since fixed in
 /// the core (see the commit history): a leader that had removed itself from
 /// the voters still acting as leader (5607), a sole voter taking office at
