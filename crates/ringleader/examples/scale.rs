@@ -684,6 +684,7 @@ impl CountingTransport {
             cluster: ringleader::config::DEFAULT_CLUSTER.to_string(),
             node: id,
             secret: None,
+            tls: None,
             max_frame: DEFAULT_MAX_FRAME,
             handshake_timeout: Duration::from_secs(2),
         };

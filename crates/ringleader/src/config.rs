@@ -81,6 +81,9 @@ pub struct NodeConfig {
     /// The shared secret every peer must prove it knows. Required unless
     /// every address is on loopback or `allow_unauthenticated` is set.
     pub secret: Option<Secret>,
+    /// Mutual TLS for peer connections (peers then authenticate with
+    /// certificates from the cluster CA, and traffic is encrypted).
+    pub tls: Option<crate::transport::tls::TlsConfig>,
     /// Run without a secret on non-loopback addresses (anyone who reaches
     /// the peer port is then a peer). Default false.
     pub allow_unauthenticated: bool,
@@ -104,6 +107,7 @@ impl Default for NodeConfig {
             seeds: Vec::new(),
             cluster: DEFAULT_CLUSTER.to_string(),
             secret: None,
+            tls: None,
             allow_unauthenticated: false,
             num_partitions: DEFAULT_PARTITIONS,
             voters: DEFAULT_VOTERS,
@@ -156,10 +160,11 @@ impl NodeConfig {
         for seed in &self.seeds {
             limits::check_addr("seeds", seed).map_err(field)?;
         }
-        if self.secret.is_none() && !self.allow_unauthenticated && !self.loopback_only() {
+        let authenticated = self.secret.is_some() || self.tls.is_some();
+        if !authenticated && !self.allow_unauthenticated && !self.loopback_only() {
             return Err(Error::config(
                 "secret",
-                "peers on a network must prove a shared cluster secret; give one (at least 16 bytes), or keep every address on loopback",
+                "peers on a network must authenticate: give a shared cluster secret (at least 16 bytes) or TLS certificates, or keep every address on loopback",
             ));
         }
         Ok(())

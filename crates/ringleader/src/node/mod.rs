@@ -191,6 +191,16 @@ impl<N: Net> NodeBuilder<N> {
         self
     }
 
+    /// Mutual TLS for every peer connection: peers must present a
+    /// certificate signed by the cluster CA (see
+    /// [`TlsConfig`](crate::transport::tls::TlsConfig)). Satisfies
+    /// the rule that peers off loopback authenticate, with or without a
+    /// secret.
+    pub fn tls(mut self, tls: crate::transport::tls::TlsConfig) -> Self {
+        self.config.tls = Some(tls);
+        self
+    }
+
     /// Lets the node run without a secret on non-loopback addresses, so
     /// anyone who can reach its peer port can act as a peer. Only for
     /// networks where that is already impossible (a test network namespace,
@@ -587,6 +597,7 @@ impl Node {
         let wire = Arc::new(WireConfig {
             cluster: config.cluster.clone(),
             node: id,
+            tls: config.tls.clone(),
             secret: config.secret.clone(),
             max_frame: config.max_frame,
             handshake_timeout: Duration::from_secs(2),

@@ -10,6 +10,7 @@
 
 pub mod codec;
 pub mod handshake;
+pub mod tls;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -28,6 +29,7 @@ use self::codec::{
     recv_required, send,
 };
 use self::handshake::Secret;
+use self::tls::TlsConfig;
 use crate::error::{HandshakeError, TransportError};
 use crate::protocol::{Request, Response};
 use crate::types::NodeId;
@@ -116,6 +118,14 @@ pub struct Peer {
     pub authenticated: bool,
 }
 
+/// A connected byte stream of any kind: plain, or TLS over one.
+pub trait Conn: AsyncRead + AsyncWrite + Unpin + Send {}
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Conn for T {}
+
+/// A peer connection after the handshake.
+pub type PeerConn = FramedStream<Box<dyn Conn>>;
+
 /// Serves requests arriving from peers.
 pub trait Handler: Send + Sync + 'static {
     /// Answers one request from `peer`. A request that speaks for another
@@ -134,6 +144,8 @@ pub struct WireConfig {
     pub node: NodeId,
     /// The optional shared secret.
     pub secret: Option<Secret>,
+    /// Mutual TLS for every connection, when configured.
+    pub tls: Option<TlsConfig>,
     /// The largest frame accepted or sent.
     pub max_frame: usize,
     /// How long a handshake may take.
@@ -167,7 +179,7 @@ const IDLE_PER_PEER: usize = 4;
 pub struct TcpTransport<N: Net = TokioNet> {
     config: Arc<WireConfig>,
     net: N,
-    idle: Mutex<HashMap<String, Vec<FramedStream<N::Stream>>>>,
+    idle: Mutex<HashMap<String, Vec<PeerConn>>>,
 }
 
 impl TcpTransport {
@@ -187,12 +199,12 @@ impl<N: Net> TcpTransport<N> {
         }
     }
 
-    fn take_idle(&self, addr: &str) -> Option<FramedStream<N::Stream>> {
+    fn take_idle(&self, addr: &str) -> Option<PeerConn> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         idle.get_mut(addr).and_then(Vec::pop)
     }
 
-    fn put_idle(&self, addr: &str, conn: FramedStream<N::Stream>) {
+    fn put_idle(&self, addr: &str, conn: PeerConn) {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         let list = idle.entry(addr.to_string()).or_default();
         if list.len() < IDLE_PER_PEER {
@@ -200,13 +212,23 @@ impl<N: Net> TcpTransport<N> {
         }
     }
 
-    async fn connect(&self, addr: &str) -> Result<FramedStream<N::Stream>, TransportError> {
+    async fn connect(&self, addr: &str) -> Result<PeerConn, TransportError> {
         let stream = self
             .net
             .connect(addr)
             .await
             .map_err(|e| TransportError::Io(format!("connect {addr}: {e}")))?;
         self.net.prepare(&stream);
+        let stream: Box<dyn Conn> = match &self.config.tls {
+            None => Box::new(stream),
+            Some(tls) => {
+                let name = tls::server_name(addr).map_err(|e| TransportError::Io(e.to_string()))?;
+                let stream = tls.connector().connect(name, stream).await.map_err(|e| {
+                    TransportError::Handshake(HandshakeError::Auth(format!("TLS with {addr}: {e}")))
+                })?;
+                Box::new(stream)
+            }
+        };
         let mut conn = framed(stream, HANDSHAKE_MAX_FRAME);
         let c = &self.config;
         handshake::client(&mut conn, &c.cluster, c.node, c.secret.as_ref()).await?;
@@ -214,10 +236,7 @@ impl<N: Net> TcpTransport<N> {
         Ok(conn)
     }
 
-    async fn exchange(
-        conn: &mut FramedStream<N::Stream>,
-        request: &Request,
-    ) -> Result<Response, TransportError> {
+    async fn exchange(conn: &mut PeerConn, request: &Request) -> Result<Response, TransportError> {
         send(conn, request).await?;
         recv_required(conn).await
     }
@@ -431,13 +450,36 @@ pub async fn serve<N: Net>(
     }
 }
 
-/// Runs the server side of the handshake on a fresh connection, within the
-/// handshake limits; `None` when the connection was refused (and logged).
-async fn admit<S: AsyncRead + AsyncWrite + Unpin>(
-    conn: &mut FramedStream<S>,
+/// TLS (when configured), then the ringleader handshake, on a fresh
+/// connection.
+async fn handshake_with<S: Conn + 'static>(
+    stream: S,
+    shared: &Shared,
+) -> Result<(PeerConn, Peer), TransportError> {
+    let c = &shared.config;
+    let stream: Box<dyn Conn> =
+        match &c.tls {
+            None => Box::new(stream),
+            Some(tls) => Box::new(tls.acceptor().accept(stream).await.map_err(|e| {
+                TransportError::Handshake(HandshakeError::Auth(format!("TLS: {e}")))
+            })?),
+        };
+    let mut conn = framed_with_budget(stream, HANDSHAKE_MAX_FRAME, shared.budget.clone());
+    let established = handshake::server(&mut conn, &c.cluster, c.node, c.secret.as_ref()).await?;
+    let peer = Peer {
+        id: established.peer,
+        authenticated: established.authenticated || c.tls.is_some(),
+    };
+    Ok((conn, peer))
+}
+
+/// Runs TLS and the handshake on a fresh connection, within the handshake
+/// limits; `None` when the connection was refused (and logged).
+async fn admit<S: Conn + 'static>(
+    stream: S,
     peer: SocketAddr,
     shared: &Shared,
-) -> Option<Peer> {
+) -> Option<(PeerConn, Peer)> {
     let Some(_slot) = shared.handshaking.enter(peer.ip()) else {
         shared
             .stats
@@ -447,15 +489,9 @@ async fn admit<S: AsyncRead + AsyncWrite + Unpin>(
         return None;
     };
     let c = &shared.config;
-    let handshake = handshake::server(conn, &c.cluster, c.node, c.secret.as_ref());
-    let outcome = crate::clock::timeout(c.handshake_timeout, handshake).await;
+    let outcome = crate::clock::timeout(c.handshake_timeout, handshake_with(stream, shared)).await;
     let error = match outcome {
-        Ok(Ok(established)) => {
-            return Some(Peer {
-                id: established.peer,
-                authenticated: established.authenticated,
-            });
-        }
+        Ok(Ok(admitted)) => return Some(admitted),
         // Connected and left without a word (a port check, say).
         Ok(Err(TransportError::Closed)) => return None,
         Ok(Err(e @ TransportError::Handshake(_))) => e,
@@ -477,13 +513,8 @@ async fn admit<S: AsyncRead + AsyncWrite + Unpin>(
     None
 }
 
-async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
-    stream: S,
-    peer: SocketAddr,
-    shared: &Shared,
-) {
-    let mut conn = framed_with_budget(stream, HANDSHAKE_MAX_FRAME, shared.budget.clone());
-    let Some(sender) = admit(&mut conn, peer, shared).await else {
+async fn serve_connection<S: Conn + 'static>(stream: S, peer: SocketAddr, shared: &Shared) {
+    let Some((mut conn, sender)) = admit(stream, peer, shared).await else {
         return;
     };
     conn.codec_mut().set_max_frame(shared.config.max_frame);

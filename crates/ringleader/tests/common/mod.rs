@@ -164,6 +164,7 @@ impl FaultyTransport {
             cluster: ringleader::config::DEFAULT_CLUSTER.to_string(),
             node: id,
             secret: None,
+            tls: None,
             max_frame: ringleader::transport::codec::DEFAULT_MAX_FRAME,
             handshake_timeout: Duration::from_secs(2),
         };
