@@ -18,7 +18,7 @@ impl Handler for PeerHandler {
     fn handle(&self, peer: Peer, request: Request) -> BoxFuture<'_, Response> {
         Box::pin(async move {
             let partitions = self.0.config.num_partitions;
-            if let Err(why) = admissible(peer.id, &request, partitions) {
+            if let Err(why) = request.check_sender(peer.id, partitions) {
                 self.0
                     .wire_stats
                     .requests_refused
@@ -29,44 +29,6 @@ impl Handler for PeerHandler {
             handle(&self.0, request).await
         })
     }
-}
-
-/// Whether `request`, arriving on a connection whose handshake named node
-/// `sender`, may be served: it must speak only for its sender (a Raft
-/// message carries the sender's own vote; a join, heartbeat, leave or
-/// release names the sender), and its lists must be no longer than the
-/// partitions there are. The refusal says which rule failed and nothing of
-/// this node's state.
-pub(crate) fn admissible(
-    sender: NodeId,
-    request: &Request,
-    partitions: u32,
-) -> Result<(), &'static str> {
-    let claimed = match request {
-        Request::AppendEntries { rpc, .. } | Request::Beat { rpc, .. } => {
-            rpc.vote.leader_id().voted_for()
-        }
-        Request::InstallSnapshot { rpc, .. } => rpc.vote.leader_id().voted_for(),
-        Request::Vote { rpc, .. } => rpc.vote.leader_id().voted_for(),
-        Request::Join { id, .. }
-        | Request::Heartbeat { id, .. }
-        | Request::Leave { id }
-        | Request::Release { id, .. } => Some(*id),
-        Request::Probe | Request::Poke { .. } => return Ok(()),
-    };
-    if claimed != Some(sender) {
-        return Err("the request speaks for another node than its connection's");
-    }
-    let listed = match request {
-        Request::Heartbeat { released, .. } => released.len(),
-        Request::Release { partitions, .. } => partitions.len(),
-        Request::Beat { revocations, .. } => revocations.len(),
-        _ => 0,
-    };
-    if listed > partitions as usize {
-        return Err("the request lists more partitions than the cluster has");
-    }
-    Ok(())
 }
 
 /// A vote request, through this node's [`crate::vote_gate::VoteGate`]:
@@ -411,76 +373,5 @@ impl Core {
             .filter(|(id, seen)| **id != self.id && now.duration_since(**seen) > half)
             .map(|(id, _)| *id)
             .collect()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::admissible;
-    use crate::protocol::Request;
-    use crate::raft::TypeConfig;
-    use crate::types::NodeInfo;
-    use openraft::raft::{AppendEntriesRequest, VoteRequest};
-    use openraft::{CommittedLeaderId, LogId, Vote};
-
-    fn append(leader: u64) -> Request {
-        Request::AppendEntries {
-            target: 9,
-            rpc: AppendEntriesRequest::<TypeConfig> {
-                vote: Vote::new_committed(3, leader),
-                prev_log_id: Some(LogId::new(CommittedLeaderId::new(3, leader), 1)),
-                entries: Vec::new(),
-                leader_commit: None,
-            },
-        }
-    }
-
-    #[test]
-    fn a_request_speaks_only_for_its_connection() {
-        let vote = |candidate| Request::Vote {
-            target: 9,
-            rpc: VoteRequest::new(Vote::new(4, candidate), None),
-        };
-        let join = |id| Request::Join {
-            id,
-            info: NodeInfo::default(),
-            num_partitions: 8,
-        };
-        let heartbeat = |id| Request::Heartbeat {
-            id,
-            known_created: 0,
-            known_index: 0,
-            released: Vec::new(),
-        };
-        let release = |id| Request::Release {
-            id,
-            partitions: vec![(1, 2)],
-        };
-        // (request, the node it speaks for)
-        let cases = [
-            (append(5), 5),
-            (vote(5), 5),
-            (join(5), 5),
-            (heartbeat(5), 5),
-            (Request::Leave { id: 5 }, 5),
-            (release(5), 5),
-        ];
-        for (request, speaker) in cases {
-            assert_eq!(admissible(speaker, &request, 8), Ok(()), "{request:?}");
-            assert!(admissible(speaker + 1, &request, 8).is_err(), "{request:?}");
-        }
-        // Asking carries no identity.
-        assert_eq!(admissible(1, &Request::Probe, 8), Ok(()));
-        assert_eq!(admissible(1, &Request::Poke { target: 2 }, 8), Ok(()));
-    }
-
-    #[test]
-    fn lists_are_bounded_by_the_partition_count() {
-        let release = Request::Release {
-            id: 5,
-            partitions: (0..9).map(|p| (p, 1)).collect(),
-        };
-        assert!(admissible(5, &release, 8).is_err());
-        assert_eq!(admissible(5, &release, 9), Ok(()));
     }
 }
