@@ -96,3 +96,53 @@ fn bad_pem_names_the_setting() {
     assert_eq!(e.setting(), "tls-cert");
     assert!(e.to_string().contains("/nonexistent"), "{e}");
 }
+
+/// The commands docs/security.md gives for making a CA and node
+/// certificates with `openssl` produce files a cluster runs with.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn certificates_made_as_the_docs_say_work() {
+    use std::process::Command;
+    if Command::new("openssl").arg("version").output().is_err() {
+        eprintln!("skipped: no openssl on this machine");
+        return;
+    }
+    init_tracing();
+    let dir = std::env::temp_dir().join(format!("ringleader-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let sh = |script: &str| {
+        let out = Command::new("bash")
+            .arg("-euc")
+            .arg(script)
+            .current_dir(&dir)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{script}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    // The same commands as docs/security.md.
+    sh("openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 3650 \
+        -subj '/CN=ringleader cluster CA' -keyout ca.key -out ca.pem");
+    for node in ["a", "b"] {
+        sh(&format!(
+            "openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+             -subj /CN=node-{node} -keyout {node}.key -out {node}.csr && \
+             printf 'subjectAltName=IP:127.0.0.1\\nextendedKeyUsage=serverAuth,clientAuth\\n' > {node}.ext && \
+             openssl x509 -req -in {node}.csr -CA ca.pem -CAkey ca.key -CAcreateserial \
+             -days 825 -out {node}.pem -extfile {node}.ext"
+        ));
+    }
+    let addrs = free_addrs(2);
+    let mut nodes = Vec::new();
+    for (i, node) in ["a", "b"].iter().enumerate() {
+        let tls = TlsConfig::from_pem_files(
+            &dir.join(format!("{node}.pem")),
+            &dir.join(format!("{node}.key")),
+            &dir.join("ca.pem"),
+        )
+        .expect("the documented files load");
+        let started = builder(node, &addrs[i], &addrs).voters(1).tls(tls).start();
+        nodes.push(started.await.unwrap());
+    }
+    wait_agreement(&nodes, 1, "2 nodes over TLS with openssl-made certificates").await;
+    shutdown_all(&nodes).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -7,7 +7,7 @@
 //! alternative name), and the accepting node requires a client certificate
 //! signed by the CA. The ringleader handshake then runs inside the
 //! encrypted stream, so cluster state and proofs are not readable on the
-//! wire. `docs/operations.md` shows how to make a CA and node certificates
+//! wire. `docs/security.md` shows how to make a CA and node certificates
 //! with `openssl`.
 
 use std::path::Path;
