@@ -36,7 +36,8 @@ pub struct RunArgs {
     /// Cluster name; peers of other clusters are refused.
     #[arg(long, env = "RINGLEADER_CLUSTER")]
     pub cluster: Option<String>,
-    /// File holding the shared cluster secret (surrounding whitespace is trimmed).
+    /// File holding the shared cluster secret: its raw bytes, ASCII whitespace
+    /// at both ends trimmed, at least 16 bytes.
     #[arg(long, env = "RINGLEADER_SECRET_FILE")]
     pub secret_file: Option<std::path::PathBuf>,
     /// Target number of Raft voters: 1, 3, 5 or 7.
@@ -274,14 +275,33 @@ pub fn config_from(args: &RunArgs) -> anyhow::Result<NodeConfig> {
     if let Some(path) = &args.secret_file {
         let raw = std::fs::read(path)
             .with_context(|| format!("secret-file: cannot read {}", path.display()))?;
-        let trimmed = String::from_utf8_lossy(&raw).trim().as_bytes().to_vec();
-        if trimmed.is_empty() {
-            anyhow::bail!("secret-file: {} is empty", path.display());
-        }
-        config.secret = Some(ringleader::transport::handshake::Secret::new(trimmed));
+        let secret = secret_bytes(&raw)
+            .map_err(|e| anyhow::anyhow!("secret-file: {}: {e}", path.display()))?;
+        config.secret = Some(ringleader::transport::handshake::Secret::new(secret));
     }
     config.validate()?;
     Ok(config)
+}
+
+/// Shortest accepted cluster secret, in bytes (after trimming).
+pub const MIN_SECRET_BYTES: usize = 16;
+
+/// The secret in a secret file's bytes: the raw bytes with ASCII whitespace
+/// trimmed at both ends, nothing decoded (two files that differ in any other
+/// byte are different secrets). Empty or shorter than [`MIN_SECRET_BYTES`]
+/// is refused.
+fn secret_bytes(raw: &[u8]) -> Result<Vec<u8>, String> {
+    let secret = raw.trim_ascii();
+    if secret.is_empty() {
+        return Err("is empty".into());
+    }
+    if secret.len() < MIN_SECRET_BYTES {
+        return Err(format!(
+            "holds {} bytes; a secret needs at least {MIN_SECRET_BYTES} (e.g. `head -c 32 /dev/urandom > FILE`)",
+            secret.len()
+        ));
+    }
+    Ok(secret.to_vec())
 }
 
 fn init_logging(args: &RunArgs) {
@@ -496,6 +516,46 @@ mod tests {
     fn args(flags: &[&str]) -> RunArgs {
         let argv = std::iter::once("ringleader").chain(flags.iter().copied());
         Cli::try_parse_from(argv).expect("flags parse").run
+    }
+
+    #[test]
+    fn secret_files_are_raw_bytes_trimmed_of_ascii_whitespace() {
+        // Invalid UTF-8 is not decoded: these two are different secrets
+        // (a lossy decoding made both 16 U+FFFD characters).
+        let a = secret_bytes(&[0xff; 16]).expect("16 bytes");
+        let b = secret_bytes(&[0xfe; 16]).expect("16 bytes");
+        assert_ne!(a, b);
+        assert_eq!(a, vec![0xff; 16]);
+        // ASCII whitespace at both ends goes, inner bytes stay.
+        assert_eq!(
+            secret_bytes(b" \t0123456789 abcdef\r\n").unwrap(),
+            b"0123456789 abcdef".to_vec()
+        );
+        // Non-ASCII whitespace (U+00A0, NBSP) is part of the secret.
+        let nbsp = secret_bytes("\u{a0}0123456789abcdef".as_bytes()).unwrap();
+        assert_eq!(nbsp.len(), 18);
+        assert!(secret_bytes(b"").unwrap_err().contains("empty"));
+        assert!(secret_bytes(b" \n\t ").unwrap_err().contains("empty"));
+        let short = secret_bytes(b"  fifteen bytes!!  ").unwrap_err();
+        assert!(
+            short.contains("15 bytes") && short.contains("16"),
+            "{short}"
+        );
+    }
+
+    #[test]
+    fn a_short_secret_file_is_a_configuration_error_naming_it() {
+        let dir = std::env::temp_dir().join(format!("ringleader-secret-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("short");
+        std::fs::write(&file, b"tiny\n").unwrap();
+        let err = config_from(&args(&["--secret-file", file.to_str().unwrap()]))
+            .expect_err("a 4-byte secret");
+        assert!(err.to_string().starts_with("secret-file: "), "{err}");
+        std::fs::write(&file, [0xfau8; 20]).unwrap();
+        let config = config_from(&args(&["--secret-file", file.to_str().unwrap()])).unwrap();
+        assert!(config.secret.is_some());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
