@@ -3,6 +3,7 @@
 
 mod dev;
 mod http;
+mod output;
 mod query;
 mod run;
 

@@ -70,6 +70,10 @@ pub struct RunArgs {
     /// as `ringleader dev`).
     #[arg(long, env = "RINGLEADER_AUTO_RELEASE")]
     pub auto_release: bool,
+    /// How many event lines may wait for stdout; past that they are dropped
+    /// and counted (`ringleader_events_dropped_total`). For tests.
+    #[arg(long, hide = true, default_value_t = crate::output::DEFAULT_QUEUE)]
+    pub event_queue_lines: usize,
     /// Log format: text or json.
     #[arg(long, env = "RINGLEADER_LOG_FORMAT")]
     pub log_format: Option<String>,
@@ -304,7 +308,15 @@ fn secret_bytes(raw: &[u8]) -> Result<Vec<u8>, String> {
     Ok(secret.to_vec())
 }
 
-fn init_logging(args: &RunArgs) {
+/// How many log lines may wait for stderr before further ones are dropped.
+const LOG_QUEUE_LINES: usize = 4096;
+
+/// Logs go to stderr through a writer thread and a bounded, lossy queue: a
+/// stderr nobody reads loses log lines instead of blocking the node. ANSI
+/// colours only when stderr is a terminal. Keep the guard until exit: it
+/// flushes what is queued.
+fn init_logging(args: &RunArgs) -> tracing_appender::non_blocking::WorkerGuard {
+    use std::io::IsTerminal;
     let filter = args
         .log
         .clone()
@@ -315,14 +327,21 @@ fn init_logging(args: &RunArgs) {
         .unwrap_or_else(|| "info,openraft=error".to_string());
     let filter = tracing_subscriber::EnvFilter::try_new(&filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(true)
+        .buffered_lines_limit(LOG_QUEUE_LINES)
+        .thread_name("log-output")
+        .finish(std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(writer);
     if args.log_format.as_deref() == Some("json") {
         builder.json().init();
     } else {
         builder.init();
     }
+    guard
 }
 
 /// One JSON line describing `event` as seen by `node`.
@@ -392,7 +411,7 @@ pub async fn main(args: RunArgs) -> ExitCode {
         eprintln!("ringleader: invalid configuration: log-format: must be text or json");
         return ExitCode::from(2);
     }
-    init_logging(&args);
+    let _log_guard = init_logging(&args);
     if legacy("TIME_TO_RECONNECT").is_some() {
         tracing::info!("TIME_TO_RECONNECT is not needed: members find a new leader by themselves");
     }
@@ -425,28 +444,26 @@ pub async fn main(args: RunArgs) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let http = tokio::spawn(crate::http::serve(http_listener, node.clone()));
-    let mut events = node.events();
-    let auto_release = args.auto_release;
-    let printer = {
-        let node = node.clone();
-        tokio::spawn(async move {
-            let mut announced = false;
-            while let Some(event) = events.next().await {
-                println!("{}", event_line(&node, &event));
-                if let (true, Event::PartitionsRevoking { partitions, .. }) = (auto_release, &event)
-                {
-                    if let Err(e) = node.release(partitions).await {
-                        tracing::warn!(error = %e, "auto-release failed");
-                    }
-                }
-                if !announced && node.is_joined() {
-                    announced = true;
-                    println!("{}", ready_line(&node));
-                }
-            }
-        })
+    let output = match crate::output::EventOutput::start(std::io::stdout(), args.event_queue_lines)
+    {
+        Ok(output) => output,
+        Err(e) => {
+            eprintln!("ringleader: cannot start the event output thread: {e}");
+            node.shutdown().await;
+            return ExitCode::from(1);
+        }
     };
+    let options = crate::http::ApiOptions {
+        events_dropped: output.dropped(),
+    };
+    let http = tokio::spawn(crate::http::serve(http_listener, node.clone(), options));
+    // Subscribed here, before anything else runs, so no event is missed.
+    let printer = tokio::spawn(print_events(node.clone(), node.events(), output));
+    // Independent of the printer: a stuck or closed stdout must not stop
+    // releases (handoffs would then wait for the revoke deadline).
+    let releaser = args
+        .auto_release
+        .then(|| tokio::spawn(auto_release(node.clone(), node.events())));
     // Enough for a full revocation deadline plus the leave itself.
     let leave_timeout = args
         .leave_timeout_ms
@@ -470,8 +487,44 @@ pub async fn main(args: RunArgs) -> ExitCode {
         }
     };
     printer.abort();
+    if let Some(releaser) = releaser {
+        releaser.abort();
+    }
     http.abort();
     code
+}
+
+/// Writes every event of `node`, then one `ready` line once it has joined,
+/// to the event output (which never blocks).
+async fn print_events(
+    node: Node,
+    mut events: ringleader::EventStream,
+    output: crate::output::EventOutput,
+) {
+    let mut announced = false;
+    while let Some(event) = events.next().await {
+        output.send(event_line(&node, &event));
+        if !announced && node.is_joined() {
+            announced = true;
+            output.send(ready_line(&node));
+        }
+    }
+}
+
+/// `--auto-release`: releases every partition the moment it is revoked.
+async fn auto_release(node: Node, mut events: ringleader::EventStream) {
+    while let Some(event) = events.next().await {
+        let partitions = match event {
+            Event::PartitionsRevoking { partitions, .. } => partitions,
+            // Some events were missed, perhaps a revocation: offer
+            // everything held; only partitions under revocation are released.
+            Event::Lagged { .. } => node.owned().iter().map(|g| g.partition).collect(),
+            _ => continue,
+        };
+        if let Err(e) = node.release(&partitions).await {
+            tracing::warn!(error = %e, "auto-release failed");
+        }
+    }
 }
 
 /// Resolves only if the cluster refuses this node for good.

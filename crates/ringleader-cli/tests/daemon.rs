@@ -72,6 +72,19 @@ fn wait_until<F: FnMut() -> bool>(what: &str, mut cond: F) {
 }
 
 fn start(name: &str, peer: u16, http_port: u16, seeds: &str, partitions: u32) -> Proc {
+    start_with(name, peer, http_port, seeds, partitions, &[], Stdio::null())
+}
+
+/// `start` with extra flags and a chosen stdout.
+fn start_with(
+    name: &str,
+    peer: u16,
+    http_port: u16,
+    seeds: &str,
+    partitions: u32,
+    extra: &[&str],
+    stdout: Stdio,
+) -> Proc {
     let child = Command::new(BIN)
         .args(["run", "--name", name])
         .args(["--listen", &format!("127.0.0.1:{peer}")])
@@ -84,8 +97,9 @@ fn start(name: &str, peer: u16, http_port: u16, seeds: &str, partitions: u32) ->
             "--auto-release",
         ])
         .args(["--log", "error,openraft=off"])
+        .args(extra)
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
+        .stdout(stdout)
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn ringleader");
@@ -93,6 +107,13 @@ fn start(name: &str, peer: u16, http_port: u16, seeds: &str, partitions: u32) ->
         child,
         http: format!("127.0.0.1:{http_port}"),
     }
+}
+
+/// The value of one counter or gauge on a node's /metrics.
+fn metric(addr: &str, name: &str) -> Option<u64> {
+    let (_, body) = http("GET", addr, "/metrics")?;
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
 }
 
 /// A one-node cluster of its own (its only seed is itself).
@@ -736,4 +757,104 @@ fn dev_stops_its_cluster_in_an_order_every_leave_is_heard() {
             "node {node} is still running"
         );
     }
+}
+
+/// A node whose stdout pipe is never read (full at once: its first
+/// assignment event alone outgrows the pipe) stays alive and in its cluster
+/// while another member joins and dies over and over; the events it could
+/// not write are dropped and counted.
+#[test]
+fn a_node_whose_stdout_is_never_read_stays_in_its_cluster() {
+    const P: u32 = 4096;
+    let ports = free_ports(6);
+    let (peers, https) = ports.split_at(3);
+    let seeds = format!("127.0.0.1:{},127.0.0.1:{}", peers[0], peers[1]);
+    // One voter: the leader is the first seed; the stuck node is a plain
+    // member that must keep heartbeating to stay in.
+    let one_voter = ["--voters", "1", "--event-queue-lines", "8"];
+    let leader = start_with(
+        "y",
+        peers[0],
+        https[0],
+        &seeds,
+        P,
+        &one_voter,
+        Stdio::null(),
+    );
+    // Piped and never read: the pipe stays open and fills up.
+    let stuck = start_with(
+        "x",
+        peers[1],
+        https[1],
+        &seeds,
+        P,
+        &one_voter,
+        Stdio::piped(),
+    );
+    wait_until("x and y agree", || {
+        agreement(&[&leader, &stuck], P).is_some()
+    });
+    let mut rounds = 0;
+    while rounds < 3 || metric(&stuck.http, "ringleader_events_dropped_total").unwrap_or(0) == 0 {
+        assert!(rounds < 10, "no event was dropped after {rounds} rounds");
+        rounds += 1;
+        let churn = start_with(
+            "z",
+            peers[2],
+            https[2],
+            &seeds,
+            P,
+            &one_voter,
+            Stdio::null(),
+        );
+        wait_until("z joins and gets its share", || {
+            agreement(&[&leader, &stuck, &churn], P).is_some()
+        });
+        drop(churn); // SIGKILL
+        wait_until("x and y own everything again", || {
+            agreement(&[&leader, &stuck], P).is_some()
+        });
+        assert_eq!(http("GET", &stuck.http, "/livez").map(|r| r.0), Some(200));
+    }
+}
+
+/// With its stdout reader gone (writes fail with EPIPE), a node keeps
+/// auto-releasing: a joining node gets its partitions long before the 60 s
+/// revoke deadline would have handed them over without a release.
+#[test]
+fn auto_release_works_with_a_closed_stdout() {
+    let ports = free_ports(4);
+    let seeds = format!("127.0.0.1:{}", ports[0]);
+    let slow_revoke = ["--revoke-timeout-ms", "60000"];
+    let mut first = start_with(
+        "a",
+        ports[0],
+        ports[1],
+        &seeds,
+        16,
+        &slow_revoke,
+        Stdio::piped(),
+    );
+    drop(first.child.stdout.take()); // the reader exits
+    wait_until("a owns every partition", || {
+        get_json(&first.http, "/partitions")
+            .is_some_and(|p| p.as_array().is_some_and(|a| a.len() == 16))
+    });
+    let second = start_with(
+        "b",
+        ports[2],
+        ports[3],
+        &seeds,
+        16,
+        &slow_revoke,
+        Stdio::null(),
+    );
+    // DEADLINE (40 s) is below the revoke timeout: only releases move them.
+    wait_until("b gets half of the partitions", || {
+        agreement(&[&first, &second], 16).is_some()
+            && get_json(&second.http, "/partitions")
+                .is_some_and(|p| p.as_array().is_some_and(|a| a.len() == 8))
+    });
+    // a's event output did fail, and a kept running.
+    assert!(metric(&first.http, "ringleader_events_dropped_total").unwrap_or(0) > 0);
 }

@@ -131,6 +131,13 @@ pub async fn render(State(api): State<Api>) -> Response {
         c.inc_by(value.load(Ordering::Relaxed));
         registry.register(name, help, c);
     }
+    let dropped = Counter::<u64>::default();
+    dropped.inc_by(api.options.events_dropped.load(Ordering::Relaxed));
+    registry.register(
+        "events_dropped",
+        "Event lines dropped because stdout did not take them (full pipe or closed reader)",
+        dropped,
+    );
     let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
     registry.register(
         "lease_renew_rtt_microseconds",

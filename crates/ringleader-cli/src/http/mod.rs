@@ -7,6 +7,7 @@ mod metrics;
 
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use axum::extract::{Path, State};
@@ -31,6 +32,15 @@ pub const MAX_KEY_BYTES: usize = 4096;
 pub struct Api {
     node: Node,
     feed: Arc<Feed>,
+    options: ApiOptions,
+}
+
+/// What the daemon gives the API besides its node.
+#[derive(Clone, Default)]
+pub struct ApiOptions {
+    /// Event lines dropped because stdout did not take them
+    /// (`ringleader_events_dropped_total`).
+    pub events_dropped: Arc<AtomicU64>,
 }
 
 /// The routes, in one place so the OpenAPI test can compare them.
@@ -48,9 +58,13 @@ pub const ROUTES: &[(&str, &str)] = &[
 ];
 
 /// Builds the router for `node`.
-pub fn router(node: Node) -> Router {
+pub fn router(node: Node, options: ApiOptions) -> Router {
     let feed = Feed::start(&node);
-    let api = Api { node, feed };
+    let api = Api {
+        node,
+        feed,
+        options,
+    };
     Router::new()
         .route("/", get(|| async { Html(DASHBOARD) }))
         .route("/status", get(status))
@@ -250,8 +264,8 @@ fn event_stream(
 }
 
 /// Serves the API on `listener` until the task is dropped.
-pub async fn serve(listener: tokio::net::TcpListener, node: Node) {
-    let app = router(node);
+pub async fn serve(listener: tokio::net::TcpListener, node: Node, options: ApiOptions) {
+    let app = router(node, options);
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, routes = ?ROUTES, "serving the HTTP API");
     }
@@ -310,7 +324,7 @@ mod tests {
         node.wait_ready(std::time::Duration::from_secs(20))
             .await
             .unwrap();
-        let app = super::router(node.clone());
+        let app = super::router(node.clone(), super::ApiOptions::default());
         for (method, path) in ROUTES {
             if *path == "/v1/events" {
                 continue; // a stream that does not end; covered by the daemon test
