@@ -4,6 +4,7 @@
 mod dev;
 mod http;
 mod output;
+mod printable;
 mod query;
 mod run;
 

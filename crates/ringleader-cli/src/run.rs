@@ -40,6 +40,12 @@ pub struct RunArgs {
     /// at both ends trimmed, at least 16 bytes.
     #[arg(long, env = "RINGLEADER_SECRET_FILE")]
     pub secret_file: Option<std::path::PathBuf>,
+    /// File holding the HTTP API token (at least 16 visible ASCII bytes;
+    /// ASCII whitespace at both ends trimmed). With it, write endpoints
+    /// need `Authorization: Bearer <token>`; without it, they accept
+    /// writes from loopback peers only.
+    #[arg(long, env = "RINGLEADER_API_TOKEN_FILE")]
+    pub api_token_file: Option<std::path::PathBuf>,
     /// Target number of Raft voters: 1, 3, 5 or 7.
     #[arg(long, env = "RINGLEADER_VOTERS")]
     pub voters: Option<usize>,
@@ -103,6 +109,7 @@ pub struct FileConfig {
     partitions: Option<u32>,
     cluster: Option<String>,
     secret_file: Option<std::path::PathBuf>,
+    api_token_file: Option<std::path::PathBuf>,
     voters: Option<usize>,
     heartbeat_ms: Option<u64>,
     session_timeout_ms: Option<u64>,
@@ -150,6 +157,7 @@ fn with_file(mut args: RunArgs, file: FileConfig) -> RunArgs {
         partitions / "NUM_PARTITIONS",
         cluster,
         secret_file,
+        api_token_file,
         voters,
         heartbeat_ms / "HEART_BEAT_FREQUENCY",
         session_timeout_ms / "HEART_BEAT_CHECK_FREQUENCY",
@@ -287,6 +295,18 @@ pub fn config_from(args: &RunArgs) -> anyhow::Result<NodeConfig> {
     Ok(config)
 }
 
+/// The API token from `--api-token-file`, if given.
+fn api_token_from(args: &RunArgs) -> anyhow::Result<Option<crate::http::auth::ApiToken>> {
+    let Some(path) = &args.api_token_file else {
+        return Ok(None);
+    };
+    let raw = std::fs::read(path)
+        .with_context(|| format!("api-token-file: cannot read {}", path.display()))?;
+    crate::http::auth::ApiToken::from_file_bytes(&raw)
+        .map(Some)
+        .map_err(|e| anyhow::anyhow!("api-token-file: {}: {e}", path.display()))
+}
+
 /// Shortest accepted cluster secret, in bytes (after trimming).
 pub const MIN_SECRET_BYTES: usize = 16;
 
@@ -415,7 +435,8 @@ pub async fn main(args: RunArgs) -> ExitCode {
     if legacy("TIME_TO_RECONNECT").is_some() {
         tracing::info!("TIME_TO_RECONNECT is not needed: members find a new leader by themselves");
     }
-    let config = match config_from(&args) {
+    let (config, api_token) = match config_from(&args).and_then(|c| Ok((c, api_token_from(&args)?)))
+    {
         Ok(c) => c,
         Err(e) => {
             eprintln!("ringleader: invalid configuration: {e:#}");
@@ -455,6 +476,7 @@ pub async fn main(args: RunArgs) -> ExitCode {
     };
     let options = crate::http::ApiOptions {
         events_dropped: output.dropped(),
+        api_token,
     };
     let http = tokio::spawn(crate::http::serve(http_listener, node.clone(), options));
     // Subscribed here, before anything else runs, so no event is missed.
