@@ -14,6 +14,8 @@ use serde_json::{Value, json};
 /// `LOG_LEVEL`) are honoured when the flag and the `RINGLEADER_*` variable
 /// are absent.
 #[derive(Debug, Args)]
+// `--partitions -1` is a bad value for --partitions, not an unknown flag.
+#[command(allow_negative_numbers = true)]
 pub struct RunArgs {
     /// Node name (default: generated).
     #[arg(long, env = "RINGLEADER_NAME")]
@@ -131,7 +133,26 @@ fn read_file(args: &RunArgs) -> anyhow::Result<FileConfig> {
     };
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("config: cannot read {}", path.display()))?;
-    toml::from_str(&text).map_err(|e| anyhow::anyhow!("config: {}: {e}", path.display()))
+    toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}", toml_error(path, &text, &e)))
+}
+
+/// A TOML error on one line: `config: FILE:LINE:COLUMN: message`.
+fn toml_error(path: &std::path::Path, text: &str, e: &toml::de::Error) -> String {
+    let at = e
+        .span()
+        .map(|span| {
+            let before = &text.as_bytes()[..span.start.min(text.len())];
+            let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
+            let column = before.iter().rev().take_while(|&&b| b != b'\n').count() + 1;
+            format!(":{line}:{column}")
+        })
+        .unwrap_or_default();
+    let message = e.message().split_whitespace().collect::<Vec<_>>().join(" ");
+    format!(
+        "config: {}{at}: {}",
+        path.display(),
+        crate::printable::clean(&message, 1000)
+    )
 }
 
 /// Fills every setting that no flag and no environment variable (ours or
@@ -204,18 +225,70 @@ fn legacy(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.trim().is_empty())
 }
 
-fn parse_legacy<T: std::str::FromStr>(name: &'static str) -> anyhow::Result<Option<T>>
+/// Parses a ring-election variable standing for `setting`.
+fn parse_legacy<T: std::str::FromStr>(
+    setting: &'static str,
+    name: &'static str,
+) -> anyhow::Result<Option<T>>
 where
     T::Err: std::fmt::Display,
 {
     match legacy(name) {
         None => Ok(None),
-        Some(v) => v
-            .trim()
-            .parse::<T>()
-            .map(Some)
-            .map_err(|e| anyhow::anyhow!("{name}={v:?}: {e}")),
+        Some(v) => v.trim().parse::<T>().map(Some).map_err(|e| {
+            anyhow::anyhow!("{setting}: {name}={:?}: {e}", crate::printable::bounded(&v))
+        }),
     }
+}
+
+/// Longest accepted duration setting, in ms: one hour. Longer ones are
+/// mistakes (and u64::MAX ms overflows instant arithmetic).
+pub const MAX_MS: u64 = 3_600_000;
+
+/// `ms` as a duration, if within 1 ms to [`MAX_MS`].
+fn millis(setting: &str, ms: u64) -> anyhow::Result<Duration> {
+    if ms == 0 || ms > MAX_MS {
+        anyhow::bail!("{setting}: {ms} ms: must be 1 ms to 1 hour ({MAX_MS} ms)");
+    }
+    Ok(Duration::from_millis(ms))
+}
+
+/// Checks that `addr` is `HOST:PORT`: a host name or IPv4 address, or an
+/// IPv6 address in brackets, then a decimal port (not 0 unless
+/// `port_zero`, which asks the system for a free one).
+fn check_addr(addr: &str, port_zero: bool) -> Result<(), String> {
+    let shown = crate::printable::bounded(addr);
+    if addr.is_empty() {
+        return Err("an empty entry; expected HOST:PORT".into());
+    }
+    let Some((host, port)) = addr.rsplit_once(':') else {
+        return Err(format!("{shown:?} has no port; expected HOST:PORT"));
+    };
+    let host_ok = match host.strip_prefix('[') {
+        Some(v6) => v6
+            .strip_suffix(']')
+            .is_some_and(|ip| ip.parse::<std::net::Ipv6Addr>().is_ok()),
+        None => {
+            !host.is_empty()
+                && host.len() <= 253
+                && host
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-' || b == b'_')
+        }
+    };
+    if !host_ok {
+        return Err(format!(
+            "{shown:?}: expected HOST:PORT (a host name, an IPv4 address or [IPv6])"
+        ));
+    }
+    let port_ok = !port.is_empty()
+        && port.bytes().all(|b| b.is_ascii_digit())
+        && port.parse::<u16>().is_ok_and(|p| port_zero || p != 0);
+    if !port_ok {
+        let range = if port_zero { "0" } else { "1" };
+        return Err(format!("{shown:?}: the port must be {range} to 65535"));
+    }
+    Ok(())
 }
 
 /// Builds the node configuration: flag > RINGLEADER_* > ring-election name > default.
@@ -231,59 +304,77 @@ pub fn config_from(args: &RunArgs) -> anyhow::Result<NodeConfig> {
     if let Some(voters) = args.voters {
         config.voters = voters;
     }
-    config.listen = match (&args.listen, parse_legacy::<u16>("PORT")?) {
+    config.listen = match (&args.listen, parse_legacy::<u16>("listen", "PORT")?) {
         (Some(listen), _) => listen.clone(),
         (None, Some(port)) => format!("0.0.0.0:{port}"),
         (None, None) => "127.0.0.1:7000".to_string(),
     };
+    check_addr(&config.listen, true).map_err(|e| anyhow::anyhow!("listen: {e}"))?;
+    if let Some(advertise) = &config.advertise {
+        check_addr(advertise, false).map_err(|e| anyhow::anyhow!("advertise: {e}"))?;
+    }
     if config.advertise.is_none() && config.listen.starts_with("0.0.0.0:") {
         anyhow::bail!(
             "listen: {} binds every interface; also give --advertise HOST:PORT so peers know where to reach this node",
             config.listen
         );
     }
-    config.http_addr = Some(
-        match (&args.http, parse_legacy::<u16>("MONITORING_PORT")?) {
-            (Some(http), _) => http.clone(),
-            (None, Some(port)) => format!("0.0.0.0:{port}"),
-            (None, None) => "127.0.0.1:9000".to_string(),
-        },
-    );
+    let http = match (&args.http, parse_legacy::<u16>("http", "MONITORING_PORT")?) {
+        (Some(http), _) => http.clone(),
+        (None, Some(port)) => format!("0.0.0.0:{port}"),
+        (None, None) => "127.0.0.1:9000".to_string(),
+    };
+    check_addr(&http, true).map_err(|e| anyhow::anyhow!("http: {e}"))?;
+    config.http_addr = Some(http);
     config.seeds = match &args.seeds {
-        Some(seeds) => seeds.clone(),
+        Some(seeds) => seeds.iter().map(|s| s.trim().to_string()).collect(),
         None => legacy("SEED_NODES")
             .map(|v| v.split(',').map(|s| s.trim().to_string()).collect())
             .unwrap_or_default(),
     };
-    if let Some(p) = args.partitions.or(parse_legacy("NUM_PARTITIONS")?) {
+    for (i, seed) in config.seeds.iter().enumerate() {
+        check_addr(seed, false).map_err(|e| anyhow::anyhow!("seeds: entry {}: {e}", i + 1))?;
+    }
+    if let Some(p) = args
+        .partitions
+        .or(parse_legacy("partitions", "NUM_PARTITIONS")?)
+    {
         config.num_partitions = p;
     }
     let mut timings = Timings::default();
-    if let Some(ms) = args.heartbeat_ms.or(parse_legacy("HEART_BEAT_FREQUENCY")?) {
-        timings.heartbeat = Duration::from_millis(ms);
+    if let Some(ms) = args
+        .heartbeat_ms
+        .or(parse_legacy("heartbeat-ms", "HEART_BEAT_FREQUENCY")?)
+    {
+        timings.heartbeat = millis("heartbeat-ms", ms)?;
     }
     // ring-election's heart check is its failure detector: our session timeout.
-    if let Some(ms) = args
-        .session_timeout_ms
-        .or(parse_legacy("HEART_BEAT_CHECK_FREQUENCY")?)
-    {
-        timings.session_timeout = Duration::from_millis(ms);
+    if let Some(ms) = args.session_timeout_ms.or(parse_legacy(
+        "session-timeout-ms",
+        "HEART_BEAT_CHECK_FREQUENCY",
+    )?) {
+        timings.session_timeout = millis("session-timeout-ms", ms)?;
         timings.lease = timings.lease.min(timings.session_timeout);
     }
     if let Some(ms) = args.lease_ms {
-        timings.lease = Duration::from_millis(ms);
+        timings.lease = millis("lease-ms", ms)?;
     }
     if let Some(ms) = args.revoke_timeout_ms {
-        timings.revoke_timeout = Duration::from_millis(ms);
+        timings.revoke_timeout = millis("revoke-timeout-ms", ms)?;
     }
     if let Some(ms) = args.raft_heartbeat_ms {
-        timings.raft_heartbeat = Duration::from_millis(ms);
+        timings.raft_heartbeat = millis("raft-heartbeat-ms", ms)?;
     }
     if let Some((min, max)) = args.election_timeout_ms {
-        timings.election_timeout_min = Duration::from_millis(min);
-        timings.election_timeout_max = Duration::from_millis(max);
+        timings.election_timeout_min = millis("election-timeout-ms", min)?;
+        timings.election_timeout_max = millis("election-timeout-ms", max)?;
     }
     config.timings = timings;
+    if let Some(ms) = args.leave_timeout_ms {
+        if !(100..=MAX_MS).contains(&ms) {
+            anyhow::bail!("leave-timeout-ms: {ms} ms: must be 100 ms to 1 hour ({MAX_MS} ms)");
+        }
+    }
     if let Some(path) = &args.secret_file {
         let raw = std::fs::read(path)
             .with_context(|| format!("secret-file: cannot read {}", path.display()))?;
@@ -291,8 +382,37 @@ pub fn config_from(args: &RunArgs) -> anyhow::Result<NodeConfig> {
             .map_err(|e| anyhow::anyhow!("secret-file: {}: {e}", path.display()))?;
         config.secret = Some(ringleader::transport::handshake::Secret::new(secret));
     }
-    config.validate()?;
+    match config.validate() {
+        // The caller says "invalid configuration"; the setting and the reason are ours.
+        Err(ringleader::Error::Config { setting, reason }) => {
+            anyhow::bail!("{setting}: {reason}")
+        }
+        Err(e) => return Err(e.into()),
+        Ok(()) => {}
+    }
     Ok(config)
+}
+
+/// The log filter: `--log`, else `RUST_LOG`, else `LOG_LEVEL`, else
+/// `info,openraft=error`. An invalid one is an error naming `log` (and the
+/// variable it came from).
+fn log_filter(args: &RunArgs) -> Result<tracing_subscriber::EnvFilter, String> {
+    let (source, filter) = match (&args.log, legacy("RUST_LOG"), legacy("LOG_LEVEL")) {
+        (Some(log), _, _) => ("", log.clone()),
+        (None, Some(v), _) => (" (from RUST_LOG)", v),
+        (None, None, Some(v)) => (" (from LOG_LEVEL)", v),
+        // openraft reports every unreachable peer at WARN/ERROR, which is
+        // routine when a member dies; ask for it explicitly to see it.
+        (None, None, None) => ("", "info,openraft=error".to_string()),
+    };
+    tracing_subscriber::EnvFilter::builder()
+        .parse(&filter)
+        .map_err(|e| {
+            format!(
+                "log{source}: {:?} is not a log filter (e.g. info or info,ringleader=debug): {e}",
+                crate::printable::bounded(&filter)
+            )
+        })
 }
 
 /// The API token from `--api-token-file`, if given.
@@ -335,18 +455,11 @@ const LOG_QUEUE_LINES: usize = 4096;
 /// stderr nobody reads loses log lines instead of blocking the node. ANSI
 /// colours only when stderr is a terminal. Keep the guard until exit: it
 /// flushes what is queued.
-fn init_logging(args: &RunArgs) -> tracing_appender::non_blocking::WorkerGuard {
+fn init_logging(
+    args: &RunArgs,
+    filter: tracing_subscriber::EnvFilter,
+) -> tracing_appender::non_blocking::WorkerGuard {
     use std::io::IsTerminal;
-    let filter = args
-        .log
-        .clone()
-        .or_else(|| legacy("RUST_LOG"))
-        .or_else(|| legacy("LOG_LEVEL"))
-        // openraft reports every unreachable peer at WARN/ERROR, which is
-        // routine when a member dies; ask for it explicitly to see it.
-        .unwrap_or_else(|| "info,openraft=error".to_string());
-    let filter = tracing_subscriber::EnvFilter::try_new(&filter)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(true)
         .buffered_lines_limit(LOG_QUEUE_LINES)
@@ -431,7 +544,14 @@ pub async fn main(args: RunArgs) -> ExitCode {
         eprintln!("ringleader: invalid configuration: log-format: must be text or json");
         return ExitCode::from(2);
     }
-    let _log_guard = init_logging(&args);
+    let filter = match log_filter(&args) {
+        Ok(filter) => filter,
+        Err(e) => {
+            eprintln!("ringleader: invalid configuration: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let _log_guard = init_logging(&args, filter);
     if legacy("TIME_TO_RECONNECT").is_some() {
         tracing::info!("TIME_TO_RECONNECT is not needed: members find a new leader by themselves");
     }
@@ -631,6 +751,121 @@ mod tests {
         let config = config_from(&args(&["--secret-file", file.to_str().unwrap()])).unwrap();
         assert!(config.secret.is_some());
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn refused(flags: &[&str]) -> String {
+        match config_from(&args(flags)) {
+            Ok(_) => panic!("{flags:?} was accepted"),
+            Err(e) => format!("{e:#}"),
+        }
+    }
+
+    #[test]
+    fn seeds_must_each_be_host_and_port() {
+        for (seeds, why) in [
+            ("not an address,,", "not an address"),
+            ("127.0.0.1:7000,,127.0.0.1:7001", "empty"),
+            ("127.0.0.1:7000,", "empty"),
+            ("h1", "no port"),
+            ("h1:", "port"),
+            ("h1:0", "port"),
+            ("h1:+70", "port"),
+            ("h1:70000", "port"),
+            (":7000", "HOST:PORT"),
+            ("::1:7000", "HOST:PORT"),
+            ("[nope]:7000", "HOST:PORT"),
+        ] {
+            let err = refused(&["--seeds", seeds]);
+            assert!(err.starts_with("seeds: "), "{seeds}: {err}");
+            assert!(err.contains(why), "{seeds}: {err}");
+            assert!(!err.contains('\n'), "{err}");
+        }
+        let ok = config_from(&args(&["--seeds", "h1:7000, 10.0.0.2:7000,[::1]:7000"])).unwrap();
+        assert_eq!(ok.seeds, ["h1:7000", "10.0.0.2:7000", "[::1]:7000"]);
+    }
+
+    #[test]
+    fn addresses_need_a_port() {
+        let err = refused(&["--advertise", "nowhere"]);
+        assert!(
+            err.starts_with("advertise: ") && err.contains("no port"),
+            "{err}"
+        );
+        assert!(refused(&["--advertise", "h:0"]).starts_with("advertise: "));
+        assert!(refused(&["--listen", "127.0.0.1"]).starts_with("listen: "));
+        assert!(refused(&["--http", "localhost:x"]).starts_with("http: "));
+        // Port 0 asks for a free port where the node binds.
+        config_from(&args(&["--listen", "127.0.0.1:0", "--http", "127.0.0.1:0"])).unwrap();
+    }
+
+    #[test]
+    fn timings_are_bounded_to_an_hour() {
+        let max = u64::MAX.to_string();
+        for flag in [
+            "--heartbeat-ms",
+            "--session-timeout-ms",
+            "--lease-ms",
+            "--revoke-timeout-ms",
+            "--raft-heartbeat-ms",
+            "--leave-timeout-ms",
+        ] {
+            for value in [max.as_str(), "3600001", "0"] {
+                let err = refused(&[flag, value]);
+                assert!(err.starts_with(&flag[2..]), "{flag} {value}: {err}");
+            }
+        }
+        let range = format!("150-{max}");
+        let err = refused(&["--election-timeout-ms", &range]);
+        assert!(err.starts_with("election-timeout-ms: "), "{err}");
+        let err = refused(&["--leave-timeout-ms", "50"]);
+        assert!(err.starts_with("leave-timeout-ms: "), "{err}");
+        // An hour is allowed where the relations between timings allow it.
+        let long = config_from(&args(&["--revoke-timeout-ms", "3600000"])).unwrap();
+        assert_eq!(long.timings.revoke_timeout, Duration::from_secs(3600));
+    }
+
+    #[test]
+    fn an_invalid_log_filter_names_log() {
+        let err = log_filter(&args(&["--log", "ringleader=loud"])).unwrap_err();
+        assert!(err.starts_with("log: "), "{err}");
+        assert!(log_filter(&args(&["--log", "info,ringleader=debug"])).is_ok());
+    }
+
+    #[test]
+    fn a_negative_partition_count_names_the_flag() {
+        let err = Cli::try_parse_from(["ringleader", "--partitions", "-1"])
+            .err()
+            .expect("refused");
+        assert!(err.to_string().contains("--partitions"), "{err}");
+        assert_eq!(err.exit_code(), 2);
+    }
+
+    #[test]
+    fn errors_say_invalid_configuration_once() {
+        let err = refused(&["--partitions", "0"]);
+        assert!(err.starts_with("partitions: "), "{err}");
+        assert!(!err.contains("invalid configuration"), "{err}");
+    }
+
+    #[test]
+    fn toml_errors_fit_on_one_line() {
+        let path = std::path::Path::new("/etc/node.toml");
+        for text in [
+            "name = \"a\"\npartitons = 3\n",
+            "name = \"a\"\nseeds = [\n  1,\n]\n",
+            "name = \n",
+            "election-timeout-ms = \"400-300\"\n",
+        ] {
+            let e = toml::from_str::<FileConfig>(text).unwrap_err();
+            let line = toml_error(path, text, &e);
+            assert!(!line.contains('\n'), "{line}");
+            assert!(line.starts_with("config: /etc/node.toml:"), "{line}");
+        }
+        let text = "name = \"a\"\npartitons = 3\n";
+        let e = toml::from_str::<FileConfig>(text).unwrap_err();
+        let line = toml_error(path, text, &e);
+        assert!(line.starts_with("config: /etc/node.toml:2:1: "), "{line}");
+        assert!(line.contains("partitons"), "{line}");
     }
 
     #[test]

@@ -194,6 +194,22 @@ fn bad_configuration_exits_2_naming_the_setting() {
 }
 
 #[test]
+fn a_bad_seed_list_exits_2_with_one_line_naming_seeds() {
+    for seeds in ["not an address,,", "127.0.0.1"] {
+        let out = Command::new(BIN)
+            .args(["run", "--http", "127.0.0.1:0", "--listen", "127.0.0.1:0"])
+            .args(["--seeds", seeds])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{seeds}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.contains("seeds: "), "{err}");
+        assert!(!err.contains("invalid configuration: invalid"), "{err}");
+    }
+}
+
+#[test]
 fn ring_election_variables_configure_a_node() {
     let ports = free_ports(2);
     let child = Command::new(BIN)
