@@ -147,6 +147,15 @@ pub async fn main(args: DevArgs) -> ExitCode {
         eprintln!("ringleader: cannot find my own executable");
         return ExitCode::from(1);
     };
+    // Every node authenticates its peers with a fresh secret; the directory
+    // (mode 0700, the file 0600) is removed when `dev` returns.
+    let (_secret_dir, secret_file) = match write_secret() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("ringleader: cannot write the cluster secret: {e}");
+            return ExitCode::from(1);
+        }
+    };
     let addrs: Vec<String> = (0..args.nodes)
         .map(|i| format!("127.0.0.1:{}", args.base_port.saturating_add(i)))
         .collect();
@@ -164,6 +173,8 @@ pub async fn main(args: DevArgs) -> ExitCode {
             .args(["--http", &http])
             .args(["--partitions", &args.partitions.to_string()])
             .args(["--log", "error,openraft=off", "--auto-release"])
+            .arg("--secret-file")
+            .arg(&secret_file)
             .stdout(Stdio::piped())
             .stdin(Stdio::null())
             // A process group of its own: a Ctrl-C at the terminal reaches
@@ -286,6 +297,32 @@ pub async fn main(args: DevArgs) -> ExitCode {
         }
     }
     ExitCode::SUCCESS
+}
+
+/// Bytes of randomness in the secret `dev` gives its nodes.
+const SECRET_BYTES: usize = 32;
+
+/// Writes a random cluster secret (32 bytes from the OS, hex encoded) into
+/// a new private temporary directory; returns the directory (removed when
+/// dropped) and the file's path.
+fn write_secret() -> std::io::Result<(tempfile::TempDir, std::path::PathBuf)> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut bytes = [0u8; SECRET_BYTES];
+    getrandom::fill(&mut bytes).map_err(std::io::Error::other)?;
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let dir = tempfile::Builder::new()
+        .prefix("ringleader-dev-")
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
+        .tempdir()?;
+    let path = dir.path().join("secret");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)?
+        .write_all(hex.as_bytes())?;
+    Ok((dir, path))
 }
 
 /// A 64-bit id written as a decimal string (or a plain number).
@@ -514,6 +551,21 @@ mod tests {
             { "name": "n4", "role": "voter", "leader": false },
             { "name": "n5", "role": "member", "leader": false },
         ]})
+    }
+
+    #[test]
+    fn the_dev_secret_is_private_random_and_removed() {
+        use std::os::unix::fs::PermissionsExt;
+        let (dir, file) = write_secret().unwrap();
+        let (other_dir, other) = write_secret().unwrap();
+        let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&file), 0o600);
+        assert_eq!(mode(dir.path()), 0o700);
+        let secret = std::fs::read(&file).unwrap();
+        assert_eq!(secret.len(), 2 * SECRET_BYTES);
+        assert_ne!(secret, std::fs::read(&other).unwrap());
+        drop((dir, other_dir));
+        assert!(!file.exists() && !other.exists());
     }
 
     #[test]

@@ -382,6 +382,7 @@ pub fn config_from(args: &RunArgs) -> anyhow::Result<NodeConfig> {
             .map_err(|e| anyhow::anyhow!("secret-file: {}: {e}", path.display()))?;
         config.secret = Some(ringleader::transport::handshake::Secret::new(secret));
     }
+    check_peer_auth(&config)?;
     match config.validate() {
         // The caller says "invalid configuration"; the setting and the reason are ours.
         Err(ringleader::Error::Config { setting, reason }) => {
@@ -391,6 +392,55 @@ pub fn config_from(args: &RunArgs) -> anyhow::Result<NodeConfig> {
         Ok(()) => {}
     }
     Ok(config)
+}
+
+/// Whether peers must authenticate: some address this node listens on,
+/// advertises or seeds from is not loopback (a host name other than
+/// `localhost` counts as not loopback). A cluster entirely on loopback may
+/// run without a secret.
+pub fn needs_auth(listen: &str, advertise: Option<&str>, seeds: &[String]) -> bool {
+    first_beyond_loopback(listen, advertise, seeds).is_some()
+}
+
+/// The first of these addresses that is not loopback.
+fn first_beyond_loopback<'a>(
+    listen: &'a str,
+    advertise: Option<&'a str>,
+    seeds: &'a [String],
+) -> Option<&'a str> {
+    std::iter::once(listen)
+        .chain(advertise)
+        .chain(seeds.iter().map(String::as_str))
+        .find(|addr| !is_loopback(addr))
+}
+
+/// Whether `HOST:PORT` names a loopback host (127.0.0.0/8, ::1, localhost).
+fn is_loopback(addr: &str) -> bool {
+    let host = addr.rsplit_once(':').map_or(addr, |(host, _)| host);
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    match host.parse::<std::net::IpAddr>() {
+        Ok(ip) => ip.to_canonical().is_loopback(),
+        Err(_) => host.eq_ignore_ascii_case("localhost"),
+    }
+}
+
+/// Refuses a node reachable beyond loopback whose peers would not have to
+/// authenticate. (Peer TLS, once there, is the other way to satisfy it.)
+fn check_peer_auth(config: &NodeConfig) -> anyhow::Result<()> {
+    let authenticated = config.secret.is_some();
+    let seeds = &config.seeds;
+    if authenticated || !needs_auth(&config.listen, config.advertise.as_deref(), seeds) {
+        return Ok(());
+    }
+    let addr = first_beyond_loopback(&config.listen, config.advertise.as_deref(), seeds)
+        .unwrap_or(&config.listen);
+    anyhow::bail!(
+        "secret-file: {} is not loopback, so peers must authenticate: give --secret-file FILE (or RINGLEADER_SECRET_FILE)",
+        crate::printable::bounded(addr)
+    )
 }
 
 /// The log filter: `--log`, else `RUST_LOG`, else `LOG_LEVEL`, else
@@ -780,8 +830,12 @@ mod tests {
             assert!(err.contains(why), "{seeds}: {err}");
             assert!(!err.contains('\n'), "{err}");
         }
-        let ok = config_from(&args(&["--seeds", "h1:7000, 10.0.0.2:7000,[::1]:7000"])).unwrap();
-        assert_eq!(ok.seeds, ["h1:7000", "10.0.0.2:7000", "[::1]:7000"]);
+        let ok = config_from(&args(&[
+            "--seeds",
+            "localhost:7000, 127.0.0.2:7000,[::1]:7000",
+        ]))
+        .unwrap();
+        assert_eq!(ok.seeds, ["localhost:7000", "127.0.0.2:7000", "[::1]:7000"]);
     }
 
     #[test]
@@ -866,6 +920,28 @@ mod tests {
         let line = toml_error(path, text, &e);
         assert!(line.starts_with("config: /etc/node.toml:2:1: "), "{line}");
         assert!(line.contains("partitons"), "{line}");
+    }
+
+    #[test]
+    fn only_a_loopback_cluster_may_run_without_a_secret() {
+        let seeds = |s: &[&str]| s.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let local = seeds(&["127.0.0.1:7001", "localhost:7002", "[::1]:7003"]);
+        assert!(!needs_auth("127.0.0.1:7000", None, &local));
+        assert!(!needs_auth("127.0.0.2:0", Some("127.0.0.2:7000"), &[]));
+        assert!(needs_auth("0.0.0.0:7000", Some("127.0.0.1:7000"), &local));
+        assert!(needs_auth("127.0.0.1:7000", Some("10.1.2.3:7000"), &local));
+        assert!(needs_auth("127.0.0.1:7000", None, &seeds(&["node-2:7000"])));
+        assert!(needs_auth("[::]:7000", Some("[::1]:7000"), &[]));
+
+        let err = refused(&["--listen", "0.0.0.0:0", "--advertise", "10.1.2.3:7000"]);
+        assert!(err.starts_with("secret-file: "), "{err}");
+        assert!(
+            err.contains("--secret-file") && err.contains("RINGLEADER_SECRET_FILE"),
+            "{err}"
+        );
+        let err = refused(&["--seeds", "10.0.0.1:7000"]);
+        assert!(err.contains("10.0.0.1:7000"), "{err}");
+        config_from(&args(&["--seeds", "127.0.0.1:7000,localhost:7001"])).unwrap();
     }
 
     #[test]

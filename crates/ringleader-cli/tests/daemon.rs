@@ -209,11 +209,47 @@ fn a_bad_seed_list_exits_2_with_one_line_naming_seeds() {
     }
 }
 
+/// A file in a directory of its own under the system temp directory.
+fn temp_file(name: &str, contents: &[u8]) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("ringleader-test-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join(name);
+    std::fs::write(&file, contents).unwrap();
+    file
+}
+
+#[test]
+fn a_node_reachable_beyond_loopback_needs_a_secret() {
+    // Refused before anything binds: the advertised address need not exist.
+    let out = Command::new(BIN)
+        .args([
+            "run",
+            "--listen",
+            "0.0.0.0:0",
+            "--advertise",
+            "10.1.2.3:7000",
+        ])
+        .args(["--http", "127.0.0.1:0"])
+        .env_remove("RINGLEADER_SECRET_FILE")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("--secret-file") && err.contains("RINGLEADER_SECRET_FILE"),
+        "{err}"
+    );
+}
+
 #[test]
 fn ring_election_variables_configure_a_node() {
     let ports = free_ports(2);
+    // PORT binds every interface: that needs a secret.
+    let secret = temp_file("secret", b"ring-election-variables-test-secret\n");
     let child = Command::new(BIN)
         .arg("run")
+        .env("RINGLEADER_SECRET_FILE", &secret)
         .env("PORT", ports[0].to_string())
         .env("RINGLEADER_ADVERTISE", format!("127.0.0.1:{}", ports[0]))
         .env("MONITORING_PORT", ports[1].to_string())
@@ -688,6 +724,28 @@ fn dev_stops_its_cluster_in_an_order_every_leave_is_heard() {
         dev.nodes = children_of(pid);
         dev.nodes.len() == usize::from(NODES)
     });
+    // Every node got the secret file dev wrote: private, 64 hex characters.
+    let secret_of = |pid: &u32| -> Option<std::path::PathBuf> {
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        let at = args.iter().position(|a| *a == b"--secret-file")?;
+        Some(std::path::PathBuf::from(
+            String::from_utf8_lossy(args.get(at + 1)?).into_owned(),
+        ))
+    };
+    let secrets: Vec<std::path::PathBuf> = dev.nodes.iter().filter_map(secret_of).collect();
+    assert_eq!(
+        secrets.len(),
+        usize::from(NODES),
+        "every node has --secret-file"
+    );
+    assert!(secrets.windows(2).all(|w| w[0] == w[1]), "{secrets:?}");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let meta = std::fs::metadata(&secrets[0]).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        assert_eq!(meta.len(), 64);
+    }
     let api = |i: u16| format!("127.0.0.1:{}", http_base + i);
     wait_until(
         "every node sees all members, two of them voters besides the leader",
@@ -765,6 +823,7 @@ fn dev_stops_its_cluster_in_an_order_every_leave_is_heard() {
     let mut first: Vec<&str> = stopped[..plain.len()].to_vec();
     first.sort_unstable();
     assert_eq!(first, plain, "{stdout}");
+    assert!(!secrets[0].exists(), "dev removed its secret");
     for node in std::mem::take(&mut dev.nodes) {
         assert!(
             !std::path::Path::new(&format!("/proc/{node}")).exists()
