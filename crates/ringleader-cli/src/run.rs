@@ -42,6 +42,15 @@ pub struct RunArgs {
     /// at both ends trimmed, at least 16 bytes.
     #[arg(long, env = "RINGLEADER_SECRET_FILE")]
     pub secret_file: Option<std::path::PathBuf>,
+    /// Most HTTP API connections served at once (default 512; also at most
+    /// half of the open-file limit left after 64, so peers keep theirs).
+    /// Further clients wait in the listen backlog.
+    #[arg(long, env = "RINGLEADER_HTTP_MAX_CONNECTIONS")]
+    pub http_max_connections: Option<usize>,
+    /// Time an HTTP client has to send a request's headers, and that an
+    /// idle keep-alive connection stays open, in ms (default 10000).
+    #[arg(long, env = "RINGLEADER_HTTP_HEADER_TIMEOUT_MS")]
+    pub http_header_timeout_ms: Option<u64>,
     /// File holding the HTTP API token (at least 16 visible ASCII bytes;
     /// ASCII whitespace at both ends trimmed). With it, write endpoints
     /// need `Authorization: Bearer <token>`; without it, they accept
@@ -112,6 +121,8 @@ pub struct FileConfig {
     cluster: Option<String>,
     secret_file: Option<std::path::PathBuf>,
     api_token_file: Option<std::path::PathBuf>,
+    http_max_connections: Option<usize>,
+    http_header_timeout_ms: Option<u64>,
     voters: Option<usize>,
     heartbeat_ms: Option<u64>,
     session_timeout_ms: Option<u64>,
@@ -179,6 +190,8 @@ fn with_file(mut args: RunArgs, file: FileConfig) -> RunArgs {
         cluster,
         secret_file,
         api_token_file,
+        http_max_connections,
+        http_header_timeout_ms,
         voters,
         heartbeat_ms / "HEART_BEAT_FREQUENCY",
         session_timeout_ms / "HEART_BEAT_CHECK_FREQUENCY",
@@ -477,6 +490,33 @@ fn api_token_from(args: &RunArgs) -> anyhow::Result<Option<crate::http::auth::Ap
         .map_err(|e| anyhow::anyhow!("api-token-file: {}: {e}", path.display()))
 }
 
+/// The HTTP server's limits from the settings, the connection limit capped
+/// by the open-file limit `nofile` (see [`crate::http::server::connection_cap`]).
+fn http_limits(args: &RunArgs, nofile: Option<u64>) -> anyhow::Result<crate::http::server::Limits> {
+    use crate::http::server::{DEFAULT_HEADER_TIMEOUT, DEFAULT_MAX_CONNECTIONS, connection_cap};
+    let configured = args.http_max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS);
+    if !(1..=1_000_000).contains(&configured) {
+        anyhow::bail!("http-max-connections: {configured}: must be 1 to 1000000");
+    }
+    let max_connections = connection_cap(configured, nofile);
+    if max_connections < configured {
+        tracing::warn!(
+            configured,
+            max_connections,
+            open_file_limit = nofile,
+            "HTTP connections limited by the open-file limit (raise it to serve more)"
+        );
+    }
+    let header_timeout = match args.http_header_timeout_ms {
+        Some(ms) => millis("http-header-timeout-ms", ms)?,
+        None => DEFAULT_HEADER_TIMEOUT,
+    };
+    Ok(crate::http::server::Limits {
+        max_connections,
+        header_timeout,
+    })
+}
+
 /// Shortest accepted cluster secret, in bytes (after trimming).
 pub const MIN_SECRET_BYTES: usize = 16;
 
@@ -613,6 +653,15 @@ pub async fn main(args: RunArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // Descriptors: as many as we may, and the HTTP API gets a bounded share.
+    let nofile = crate::http::server::raise_fd_limit();
+    let limits = match http_limits(&args, nofile) {
+        Ok(limits) => limits,
+        Err(e) => {
+            eprintln!("ringleader: invalid configuration: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
     // Bind the API first: a port in use is a configuration error, reported
     // before this node joins anything.
     let http_addr = config.http_addr.clone().unwrap_or_default();
@@ -648,7 +697,16 @@ pub async fn main(args: RunArgs) -> ExitCode {
         events_dropped: output.dropped(),
         api_token,
     };
-    let http = tokio::spawn(crate::http::serve(http_listener, node.clone(), options));
+    let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
+    let http = tokio::spawn(crate::http::serve(
+        http_listener,
+        node.clone(),
+        options,
+        limits,
+        async {
+            let _ = http_stopped.await;
+        },
+    ));
     // Subscribed here, before anything else runs, so no event is missed.
     let printer = tokio::spawn(print_events(node.clone(), node.events(), output));
     // Independent of the printer: a stuck or closed stdout must not stop
@@ -682,7 +740,13 @@ pub async fn main(args: RunArgs) -> ExitCode {
     if let Some(releaser) = releaser {
         releaser.abort();
     }
-    http.abort();
+    // The API answers until here (/readyz said "leaving"); now it stops
+    // accepting and lets what is in flight finish, briefly.
+    let _ = stop_http.send(());
+    let drain = crate::http::server::DRAIN + Duration::from_millis(500);
+    if tokio::time::timeout(drain, http).await.is_err() {
+        tracing::warn!("the HTTP API did not stop in time");
+    }
     code
 }
 
@@ -942,6 +1006,33 @@ mod tests {
         let err = refused(&["--seeds", "10.0.0.1:7000"]);
         assert!(err.contains("10.0.0.1:7000"), "{err}");
         config_from(&args(&["--seeds", "127.0.0.1:7000,localhost:7001"])).unwrap();
+    }
+
+    #[test]
+    fn http_limits_are_checked_and_capped_by_the_open_file_limit() {
+        let limits = http_limits(&args(&[]), Some(1 << 20)).unwrap();
+        assert_eq!(limits, crate::http::server::Limits::default());
+        let small = http_limits(&args(&["--http-max-connections", "900"]), Some(1024)).unwrap();
+        assert_eq!(small.max_connections, 480);
+        let custom = [
+            "--http-header-timeout-ms",
+            "1500",
+            "--http-max-connections",
+            "20",
+        ];
+        let custom = http_limits(&args(&custom), None).unwrap();
+        assert_eq!(custom.header_timeout, Duration::from_millis(1500));
+        assert_eq!(custom.max_connections, 20);
+        for (flag, value) in [
+            ("--http-max-connections", "0"),
+            ("--http-header-timeout-ms", "0"),
+            ("--http-header-timeout-ms", "18446744073709551615"),
+        ] {
+            let err = http_limits(&args(&[flag, value]), None)
+                .unwrap_err()
+                .to_string();
+            assert!(err.starts_with(&flag[2..]), "{err}");
+        }
     }
 
     #[test]

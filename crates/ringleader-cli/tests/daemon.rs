@@ -933,3 +933,162 @@ fn auto_release_works_with_a_closed_stdout() {
     // a's event output did fail, and a kept running.
     assert!(metric(&first.http, "ringleader_events_dropped_total").unwrap_or(0) > 0);
 }
+
+/// Reads from `s` until the server closes it (true), or the deadline passes
+/// (false). Whatever the server sends first (a response) is skipped.
+fn closed_by_server(s: &mut TcpStream) -> bool {
+    s.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let deadline = Instant::now() + DEADLINE;
+    let mut buf = [0u8; 4096];
+    while Instant::now() < deadline {
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return true, // reset
+        }
+    }
+    false
+}
+
+/// Slowloris (a partial request line, then nothing), a silent connection
+/// and an idle keep-alive connection are all closed by the server after the
+/// header timeout; an event stream open all the while is not.
+#[test]
+fn slow_and_idle_http_connections_are_closed_but_event_streams_are_not() {
+    let ports = free_ports(2);
+    let node = start_with(
+        "h0",
+        ports[0],
+        ports[1],
+        &format!("127.0.0.1:{}", ports[0]),
+        4,
+        &["--http-header-timeout-ms", "1000"],
+        Stdio::null(),
+    );
+    wait_until("the node is ready", || {
+        http("GET", &node.http, "/readyz").is_some_and(|(s, _)| s == 200)
+    });
+    let mut events = TcpStream::connect(&node.http).unwrap();
+    write!(
+        events,
+        "GET /v1/events HTTP/1.1\r\nHost: x\r\nLast-Event-ID: 0\r\n\r\n"
+    )
+    .unwrap();
+
+    let mut slow = TcpStream::connect(&node.http).unwrap();
+    slow.write_all(b"GET /status HTT").unwrap();
+    assert!(
+        closed_by_server(&mut slow),
+        "a slowloris connection stayed open"
+    );
+
+    let mut silent = TcpStream::connect(&node.http).unwrap();
+    assert!(
+        closed_by_server(&mut silent),
+        "a silent connection stayed open"
+    );
+
+    let mut idle = TcpStream::connect(&node.http).unwrap();
+    write!(idle, "GET /livez HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    assert!(
+        closed_by_server(&mut idle),
+        "an idle keep-alive connection stayed open"
+    );
+
+    // Several header timeouts later, the stream is still open and has
+    // delivered the replayed events.
+    events
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match events.read(&mut buf) {
+            Ok(0) => panic!("the event stream was closed"),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(_) => break, // nothing more for now: still open
+        }
+    }
+    let got = String::from_utf8_lossy(&got);
+    assert!(got.starts_with("HTTP/1.1 200"), "{got}");
+    assert!(got.contains("event: leader_changed"), "{got}");
+}
+
+/// Under an open-file limit of 256, 300 idle HTTP connections take at most
+/// the HTTP share of descriptors: the node stays in its cluster, a new node
+/// joins through it, and /livez answers again as the server closes idle
+/// connections (the test keeps its ends open).
+#[test]
+fn idle_http_connections_beyond_the_limit_leave_the_peers_alone() {
+    let mut ports = free_ports(6);
+    // The lowest seed creates the cluster: a or b, not c, which comes later.
+    ports[..3].sort_unstable();
+    let (peers, https) = ports.split_at(3);
+    let seeds = peers
+        .iter()
+        .map(|p| format!("127.0.0.1:{p}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let spawn = |i: usize, name: &str, limited: bool| -> Proc {
+        let mut cmd = if limited {
+            let mut sh = Command::new("sh");
+            sh.args(["-c", "ulimit -n 256 && exec \"$0\" \"$@\"", BIN]);
+            sh
+        } else {
+            Command::new(BIN)
+        };
+        let child = cmd
+            .args(["run", "--name", name, "--auto-release"])
+            .args(["--listen", &format!("127.0.0.1:{}", peers[i])])
+            .args(["--http", &format!("127.0.0.1:{}", https[i])])
+            .args(["--seeds", &seeds, "--partitions", "12"])
+            .args(["--http-header-timeout-ms", "2000"])
+            .args(["--log", "error,openraft=off"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        Proc {
+            child,
+            http: format!("127.0.0.1:{}", https[i]),
+        }
+    };
+    let mut limited = spawn(0, "a", true);
+    let mut other = spawn(1, "b", false);
+    wait_until("a and b agree", || {
+        // Report an early exit (a port taken meanwhile, say) as such.
+        for p in [&mut limited, &mut other] {
+            if let Ok(Some(status)) = p.child.try_wait() {
+                panic!("{} exited: {status}", p.http);
+            }
+        }
+        agreement(&[&limited, &other], 12).is_some()
+    });
+
+    let flood: Vec<TcpStream> = (0..300)
+        .filter_map(|_| TcpStream::connect(&limited.http).ok())
+        .collect();
+    assert_eq!(flood.len(), 300);
+    let late = spawn(2, "c", false);
+    wait_until("c joins while a's HTTP port is flooded", || {
+        get_json(&other.http, "/status").is_some_and(|s| {
+            s["members"]
+                .as_array()
+                .is_some_and(|ms| ms.len() == 3 && ms.iter().all(|m| m["alive"] == true))
+        })
+    });
+    wait_until("a answers /livez again", || {
+        http("GET", &limited.http, "/livez").is_some_and(|(s, _)| s == 200)
+    });
+    wait_until("all three agree", || {
+        agreement(&[&limited, &other, &late], 12).is_some()
+    });
+    drop(flood);
+}

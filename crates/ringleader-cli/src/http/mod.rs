@@ -5,6 +5,7 @@
 pub mod auth;
 pub mod feed;
 mod metrics;
+pub mod server;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -295,16 +296,26 @@ fn event_stream(
     futures::stream::iter(head).chain(tail)
 }
 
-/// Serves the API on `listener` until the task is dropped.
-pub async fn serve(listener: tokio::net::TcpListener, node: Node, options: ApiOptions) {
+/// Serves the API on `listener` within `limits` until `shutdown` resolves
+/// (see [`server::serve`]).
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    node: Node,
+    options: ApiOptions,
+    limits: server::Limits,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
     let app = router(node, options);
     if let Ok(addr) = listener.local_addr() {
-        tracing::info!(%addr, routes = ?ROUTES, "serving the HTTP API");
+        tracing::info!(
+            %addr,
+            max_connections = limits.max_connections,
+            header_timeout_ms = limits.header_timeout.as_millis() as u64,
+            routes = ?ROUTES,
+            "serving the HTTP API"
+        );
     }
-    let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
-    if let Err(e) = axum::serve(listener, app).await {
-        tracing::error!(error = %e, "HTTP server stopped");
-    }
+    server::serve(listener, app, limits, shutdown).await;
 }
 
 /// Plain-text response with a content type, for `/metrics`.
