@@ -10,6 +10,8 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
 
+use crate::printable::{MAX_LINE, clean};
+
 /// Settings of `ringleader dev`.
 #[derive(Debug, Args)]
 pub struct DevArgs {
@@ -49,14 +51,22 @@ impl Feed {
     /// Prints one line of a node's output (its event, readable, or the line
     /// itself if it is not an event) and returns the event.
     fn show(&mut self, node: &str, line: &str) -> Option<Value> {
-        let Ok(event) = serde_json::from_str::<Value>(line) else {
-            println!("{node}: {line}");
-            return None;
-        };
-        if let Some(text) = self.render(node, &event) {
+        let (text, event) = self.shown(node, line);
+        if let Some(text) = text {
             println!("{text}");
         }
-        Some(event)
+        event
+    }
+
+    /// What [`Feed::show`] prints for a line (if anything), and the event.
+    /// Names and addresses in events come from peers: they are printed
+    /// bounded and without control characters.
+    fn shown(&mut self, node: &str, line: &str) -> (Option<String>, Option<Value>) {
+        let Ok(event) = serde_json::from_str::<Value>(line) else {
+            return (Some(format!("{node}: {}", clean(line, MAX_LINE))), None);
+        };
+        let text = self.render(node, &event).map(|t| clean(&t, MAX_LINE));
+        (text, Some(event))
     }
 
     fn name(&self, id: &Value) -> String {
@@ -71,8 +81,7 @@ impl Feed {
         let kind = event.get("type")?.as_str()?.to_string();
         if let Some(info) = event.get("info") {
             if let (Some(id), Some(name)) = (event.get("id").and_then(as_id), info.get("name")) {
-                self.names
-                    .insert(id, name.as_str().unwrap_or("?").to_string());
+                self.names.insert(id, crate::printable::field(name, "?"));
             }
         }
         let text = match kind.as_str() {
@@ -383,11 +392,11 @@ fn print_table(
         let member = row(name);
         let role = member
             .as_ref()
-            .and_then(|m| m["role"].as_str().map(str::to_string))
+            .and_then(|m| m["role"].as_str().map(crate::printable::printable))
             .or_else(|| {
                 ready
                     .get(name)
-                    .and_then(|r| r["role"].as_str().map(str::to_string))
+                    .and_then(|r| r["role"].as_str().map(crate::printable::printable))
             })
             .unwrap_or_else(|| "?".into());
         let leader = if member.as_ref().is_some_and(|m| m["leader"] == true) {
@@ -566,6 +575,26 @@ mod tests {
         assert_ne!(secret, std::fs::read(&other).unwrap());
         drop((dir, other_dir));
         assert!(!file.exists() && !other.exists());
+    }
+
+    #[test]
+    fn peer_strings_are_printed_bounded_and_without_control_characters() {
+        let mut feed = Feed {
+            names: HashMap::new(),
+            recent: HashMap::new(),
+            started: Instant::now(),
+        };
+        let name = format!("evil\u{1b}[2J{}", "x".repeat(10_000));
+        let line = json!({ "type": "member_joined", "id": "7", "role": "member",
+                           "info": { "name": name } })
+        .to_string();
+        let (text, event) = feed.shown("n1", &line);
+        let text = text.expect("a joined line");
+        assert!(event.is_some());
+        assert!(!text.contains('\u{1b}'), "{text:?}");
+        assert!(text.chars().count() <= MAX_LINE + 1, "{}", text.len());
+        let (raw, _) = feed.shown("n1", "not json \u{7}\u{1b}]0;title\u{7}");
+        assert!(!raw.unwrap().chars().any(char::is_control));
     }
 
     #[test]

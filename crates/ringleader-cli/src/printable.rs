@@ -18,6 +18,25 @@ pub fn clean(text: &str, max_bytes: usize) -> String {
     out
 }
 
+/// Longest peer-provided string printed as is, in bytes (the library bounds
+/// names and addresses to this too).
+pub const MAX_PRINTED: usize = 255;
+
+/// Longest line `dev` prints for one event, in bytes.
+pub const MAX_LINE: usize = 1000;
+
+/// [`clean`] at [`MAX_PRINTED`] bytes, for names and addresses.
+pub fn printable(text: &str) -> String {
+    clean(text, MAX_PRINTED)
+}
+
+/// A JSON string field made printable, or `default` if it is not a string.
+pub fn field(value: &serde_json::Value, default: &str) -> String {
+    value
+        .as_str()
+        .map_or_else(|| default.to_string(), printable)
+}
+
 /// [`clean`] at 64 bytes, for echoing bad input back in an error.
 pub fn bounded(text: &str) -> String {
     clean(text, 64)
@@ -41,5 +60,11 @@ mod tests {
         let cut = clean(&wide, 5);
         assert_eq!(cut, "éé…");
         assert_eq!(bounded("+5"), "+5");
+        assert_eq!(
+            printable(&"y".repeat(300)).len(),
+            MAX_PRINTED + '…'.len_utf8()
+        );
+        assert_eq!(field(&serde_json::json!("a\u{1b}b"), "?"), "a\u{fffd}b");
+        assert_eq!(field(&serde_json::json!(7), "?"), "?");
     }
 }
