@@ -994,6 +994,21 @@ fn slow_and_idle_http_connections_are_closed_but_event_streams_are_not() {
         "a silent connection stayed open"
     );
 
+    // An oversized request head is refused, not buffered.
+    let mut big = TcpStream::connect(&node.http).unwrap();
+    let filler = "a".repeat(100 * 1024);
+    let _ = write!(
+        big,
+        "GET /livez HTTP/1.1\r\nHost: x\r\nX-Filler: {filler}\r\n\r\n"
+    );
+    let mut answer = String::new();
+    let _ = big.read_to_string(&mut answer);
+    // 431, or a reset that outran it (the server closes with our bytes unread).
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 431"),
+        "{answer}"
+    );
+
     let mut idle = TcpStream::connect(&node.http).unwrap();
     write!(idle, "GET /livez HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
     assert!(

@@ -28,6 +28,10 @@ pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// (listeners, the runtime, logs), before the rest is split evenly between
 /// HTTP clients and peers.
 pub const FD_RESERVE: u64 = 64;
+/// Largest request head (request line and headers) a connection buffers,
+/// in bytes: keys are at most 4 KiB (12 KiB percent-encoded), and 512
+/// connections trickling heads cannot hold more than 32 MiB.
+pub const MAX_HEAD_BYTES: usize = 64 * 1024;
 /// How long in-flight requests may run on after a shutdown is asked for.
 pub const DRAIN: Duration = Duration::from_secs(1);
 
@@ -87,7 +91,8 @@ pub async fn serve(
     let graceful = GracefulShutdown::new();
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
-        .header_read_timeout(limits.header_timeout);
+        .header_read_timeout(limits.header_timeout)
+        .max_header_size(MAX_HEAD_BYTES);
     tokio::pin!(shutdown);
     let mut failing = false;
     loop {
