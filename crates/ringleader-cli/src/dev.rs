@@ -10,6 +10,8 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
 
+use crate::printable::{MAX_LINE, clean};
+
 /// Settings of `ringleader dev`.
 #[derive(Debug, Args)]
 pub struct DevArgs {
@@ -49,14 +51,22 @@ impl Feed {
     /// Prints one line of a node's output (its event, readable, or the line
     /// itself if it is not an event) and returns the event.
     fn show(&mut self, node: &str, line: &str) -> Option<Value> {
-        let Ok(event) = serde_json::from_str::<Value>(line) else {
-            println!("{node}: {line}");
-            return None;
-        };
-        if let Some(text) = self.render(node, &event) {
+        let (text, event) = self.shown(node, line);
+        if let Some(text) = text {
             println!("{text}");
         }
-        Some(event)
+        event
+    }
+
+    /// What [`Feed::show`] prints for a line (if anything), and the event.
+    /// Names and addresses in events come from peers: they are printed
+    /// bounded and without control characters.
+    fn shown(&mut self, node: &str, line: &str) -> (Option<String>, Option<Value>) {
+        let Ok(event) = serde_json::from_str::<Value>(line) else {
+            return (Some(format!("{node}: {}", clean(line, MAX_LINE))), None);
+        };
+        let text = self.render(node, &event).map(|t| clean(&t, MAX_LINE));
+        (text, Some(event))
     }
 
     fn name(&self, id: &Value) -> String {
@@ -71,8 +81,7 @@ impl Feed {
         let kind = event.get("type")?.as_str()?.to_string();
         if let Some(info) = event.get("info") {
             if let (Some(id), Some(name)) = (event.get("id").and_then(as_id), info.get("name")) {
-                self.names
-                    .insert(id, name.as_str().unwrap_or("?").to_string());
+                self.names.insert(id, crate::printable::field(name, "?"));
             }
         }
         let text = match kind.as_str() {
@@ -147,6 +156,15 @@ pub async fn main(args: DevArgs) -> ExitCode {
         eprintln!("ringleader: cannot find my own executable");
         return ExitCode::from(1);
     };
+    // Every node authenticates its peers with a fresh secret; the directory
+    // (mode 0700, the file 0600) is removed when `dev` returns.
+    let (_secret_dir, secret_file) = match write_secret() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("ringleader: cannot write the cluster secret: {e}");
+            return ExitCode::from(1);
+        }
+    };
     let addrs: Vec<String> = (0..args.nodes)
         .map(|i| format!("127.0.0.1:{}", args.base_port.saturating_add(i)))
         .collect();
@@ -164,6 +182,8 @@ pub async fn main(args: DevArgs) -> ExitCode {
             .args(["--http", &http])
             .args(["--partitions", &args.partitions.to_string()])
             .args(["--log", "error,openraft=off", "--auto-release"])
+            .arg("--secret-file")
+            .arg(&secret_file)
             .stdout(Stdio::piped())
             .stdin(Stdio::null())
             // A process group of its own: a Ctrl-C at the terminal reaches
@@ -288,6 +308,32 @@ pub async fn main(args: DevArgs) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// Bytes of randomness in the secret `dev` gives its nodes.
+const SECRET_BYTES: usize = 32;
+
+/// Writes a random cluster secret (32 bytes from the OS, hex encoded) into
+/// a new private temporary directory; returns the directory (removed when
+/// dropped) and the file's path.
+fn write_secret() -> std::io::Result<(tempfile::TempDir, std::path::PathBuf)> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut bytes = [0u8; SECRET_BYTES];
+    getrandom::fill(&mut bytes).map_err(std::io::Error::other)?;
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let dir = tempfile::Builder::new()
+        .prefix("ringleader-dev-")
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
+        .tempdir()?;
+    let path = dir.path().join("secret");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)?
+        .write_all(hex.as_bytes())?;
+    Ok((dir, path))
+}
+
 /// A 64-bit id written as a decimal string (or a plain number).
 fn as_id(v: &Value) -> Option<u64> {
     v.as_str()
@@ -346,11 +392,11 @@ fn print_table(
         let member = row(name);
         let role = member
             .as_ref()
-            .and_then(|m| m["role"].as_str().map(str::to_string))
+            .and_then(|m| m["role"].as_str().map(crate::printable::printable))
             .or_else(|| {
                 ready
                     .get(name)
-                    .and_then(|r| r["role"].as_str().map(str::to_string))
+                    .and_then(|r| r["role"].as_str().map(crate::printable::printable))
             })
             .unwrap_or_else(|| "?".into());
         let leader = if member.as_ref().is_some_and(|m| m["leader"] == true) {
@@ -514,6 +560,41 @@ mod tests {
             { "name": "n4", "role": "voter", "leader": false },
             { "name": "n5", "role": "member", "leader": false },
         ]})
+    }
+
+    #[test]
+    fn the_dev_secret_is_private_random_and_removed() {
+        use std::os::unix::fs::PermissionsExt;
+        let (dir, file) = write_secret().unwrap();
+        let (other_dir, other) = write_secret().unwrap();
+        let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&file), 0o600);
+        assert_eq!(mode(dir.path()), 0o700);
+        let secret = std::fs::read(&file).unwrap();
+        assert_eq!(secret.len(), 2 * SECRET_BYTES);
+        assert_ne!(secret, std::fs::read(&other).unwrap());
+        drop((dir, other_dir));
+        assert!(!file.exists() && !other.exists());
+    }
+
+    #[test]
+    fn peer_strings_are_printed_bounded_and_without_control_characters() {
+        let mut feed = Feed {
+            names: HashMap::new(),
+            recent: HashMap::new(),
+            started: Instant::now(),
+        };
+        let name = format!("evil\u{1b}[2J{}", "x".repeat(10_000));
+        let line = json!({ "type": "member_joined", "id": "7", "role": "member",
+                           "info": { "name": name } })
+        .to_string();
+        let (text, event) = feed.shown("n1", &line);
+        let text = text.expect("a joined line");
+        assert!(event.is_some());
+        assert!(!text.contains('\u{1b}'), "{text:?}");
+        assert!(text.chars().count() <= MAX_LINE + 1, "{}", text.len());
+        let (raw, _) = feed.shown("n1", "not json \u{7}\u{1b}]0;title\u{7}");
+        assert!(!raw.unwrap().chars().any(char::is_control));
     }
 
     #[test]

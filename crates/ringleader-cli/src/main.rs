@@ -3,6 +3,8 @@
 
 mod dev;
 mod http;
+mod output;
+mod printable;
 mod query;
 mod run;
 

@@ -5,6 +5,8 @@ use std::process::ExitCode;
 use clap::Args;
 use serde_json::Value;
 
+use crate::printable::field;
+
 /// Where to ask, and how to print.
 #[derive(Debug, Args)]
 pub struct QueryArgs {
@@ -32,6 +34,7 @@ fn fetch(base: &str, path: &str) -> Result<Value, String> {
             .map_err(|e| format!("{base}: not JSON: {e}")),
         Err(ureq::Error::Status(code, resp)) => {
             let body = resp.into_string().unwrap_or_default();
+            let body = crate::printable::clean(&body, crate::printable::MAX_LINE);
             Err(format!("{base}: HTTP {code}: {body}"))
         }
         Err(e) => Err(format!("{base}: {e}")),
@@ -57,15 +60,13 @@ pub fn status(args: QueryArgs) -> ExitCode {
         s["members"]
             .as_array()
             .and_then(|ms| ms.iter().find(|m| &m["id"] == id))
-            .and_then(|m| m["name"].as_str())
-            .unwrap_or("-")
-            .to_string()
+            .map_or_else(|| "-".to_string(), |m| field(&m["name"], "-"))
     };
     println!(
         "cluster {}  leader {}  epoch {}  index {}  partitions {}",
-        s["cluster"].as_str().unwrap_or("?"),
+        field(&s["cluster"], "?"),
         name_of(&s["leader"]),
-        s["epoch"].as_str().unwrap_or("?"),
+        field(&s["epoch"], "?"),
         s["index"],
         s["num_partitions"]
     );
@@ -81,10 +82,10 @@ pub fn status(args: QueryArgs) -> ExitCode {
         };
         println!(
             "{:<12} {:<22} {:<22} {:<7} {:<6} {:>5}",
-            format!("{}{leader}", m["name"].as_str().unwrap_or("?")),
-            m["peer_addr"].as_str().unwrap_or("-"),
-            m["http_addr"].as_str().unwrap_or("-"),
-            m["role"].as_str().unwrap_or("?"),
+            format!("{}{leader}", field(&m["name"], "?")),
+            field(&m["peer_addr"], "-"),
+            field(&m["http_addr"], "-"),
+            field(&m["role"], "?"),
             m["alive"],
             m["partitions"].as_array().map_or(0, Vec::len),
         );
@@ -118,9 +119,9 @@ pub fn owner(args: QueryArgs, key: &str, partition_only: bool) -> ExitCode {
             "key {:?} -> partition {} -> {} ({}) token {}",
             key,
             answer["partition"],
-            answer["owner_name"].as_str().unwrap_or("nobody"),
-            answer["owner_http_addr"].as_str().unwrap_or("-"),
-            answer["token"].as_str().unwrap_or("-"),
+            field(&answer["owner_name"], "nobody"),
+            field(&answer["owner_http_addr"], "-"),
+            field(&answer["token"], "-"),
         );
     }
     ExitCode::SUCCESS

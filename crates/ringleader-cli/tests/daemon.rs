@@ -72,6 +72,19 @@ fn wait_until<F: FnMut() -> bool>(what: &str, mut cond: F) {
 }
 
 fn start(name: &str, peer: u16, http_port: u16, seeds: &str, partitions: u32) -> Proc {
+    start_with(name, peer, http_port, seeds, partitions, &[], Stdio::null())
+}
+
+/// `start` with extra flags and a chosen stdout.
+fn start_with(
+    name: &str,
+    peer: u16,
+    http_port: u16,
+    seeds: &str,
+    partitions: u32,
+    extra: &[&str],
+    stdout: Stdio,
+) -> Proc {
     let child = Command::new(BIN)
         .args(["run", "--name", name])
         .args(["--listen", &format!("127.0.0.1:{peer}")])
@@ -84,8 +97,9 @@ fn start(name: &str, peer: u16, http_port: u16, seeds: &str, partitions: u32) ->
             "--auto-release",
         ])
         .args(["--log", "error,openraft=off"])
+        .args(extra)
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
+        .stdout(stdout)
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn ringleader");
@@ -93,6 +107,13 @@ fn start(name: &str, peer: u16, http_port: u16, seeds: &str, partitions: u32) ->
         child,
         http: format!("127.0.0.1:{http_port}"),
     }
+}
+
+/// The value of one counter or gauge on a node's /metrics.
+fn metric(addr: &str, name: &str) -> Option<u64> {
+    let (_, body) = http("GET", addr, "/metrics")?;
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
 }
 
 /// A one-node cluster of its own (its only seed is itself).
@@ -173,11 +194,59 @@ fn bad_configuration_exits_2_naming_the_setting() {
 }
 
 #[test]
+fn a_bad_seed_list_exits_2_with_one_line_naming_seeds() {
+    for seeds in ["not an address,,", "127.0.0.1"] {
+        let out = Command::new(BIN)
+            .args(["run", "--http", "127.0.0.1:0", "--listen", "127.0.0.1:0"])
+            .args(["--seeds", seeds])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{seeds}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.contains("seeds: "), "{err}");
+        assert!(!err.contains("invalid configuration: invalid"), "{err}");
+    }
+}
+
+/// A file in a directory of its own under the system temp directory.
+fn temp_file(name: &str, contents: &[u8]) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("ringleader-test-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join(name);
+    std::fs::write(&file, contents).unwrap();
+    file
+}
+
+#[test]
+fn a_node_reachable_beyond_loopback_needs_a_secret() {
+    // Refused before anything binds: the advertised address need not exist.
+    let out = Command::new(BIN)
+        .args([
+            "run",
+            "--listen",
+            "0.0.0.0:0",
+            "--advertise",
+            "10.1.2.3:7000",
+        ])
+        .args(["--http", "127.0.0.1:0"])
+        .env_remove("RINGLEADER_SECRET_FILE")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("--secret-file") && err.contains("RINGLEADER_SECRET_FILE"),
+        "{err}"
+    );
+}
+
+#[test]
 fn ring_election_variables_configure_a_node() {
     let ports = free_ports(2);
-    // PORT listens on every interface: that needs the cluster secret.
-    let secret = std::env::temp_dir().join(format!("ringleader-secret-{}", std::process::id()));
-    std::fs::write(&secret, "a secret of twenty bytes\n").unwrap();
+    // PORT binds every interface: that needs a secret.
+    let secret = temp_file("secret", b"ring-election-variables-test-secret\n");
     let child = Command::new(BIN)
         .arg("run")
         .env("RINGLEADER_SECRET_FILE", &secret)
@@ -655,6 +724,28 @@ fn dev_stops_its_cluster_in_an_order_every_leave_is_heard() {
         dev.nodes = children_of(pid);
         dev.nodes.len() == usize::from(NODES)
     });
+    // Every node got the secret file dev wrote: private, 64 hex characters.
+    let secret_of = |pid: &u32| -> Option<std::path::PathBuf> {
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        let at = args.iter().position(|a| *a == b"--secret-file")?;
+        Some(std::path::PathBuf::from(
+            String::from_utf8_lossy(args.get(at + 1)?).into_owned(),
+        ))
+    };
+    let secrets: Vec<std::path::PathBuf> = dev.nodes.iter().filter_map(secret_of).collect();
+    assert_eq!(
+        secrets.len(),
+        usize::from(NODES),
+        "every node has --secret-file"
+    );
+    assert!(secrets.windows(2).all(|w| w[0] == w[1]), "{secrets:?}");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let meta = std::fs::metadata(&secrets[0]).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        assert_eq!(meta.len(), 64);
+    }
     let api = |i: u16| format!("127.0.0.1:{}", http_base + i);
     wait_until(
         "every node sees all members, two of them voters besides the leader",
@@ -732,6 +823,7 @@ fn dev_stops_its_cluster_in_an_order_every_leave_is_heard() {
     let mut first: Vec<&str> = stopped[..plain.len()].to_vec();
     first.sort_unstable();
     assert_eq!(first, plain, "{stdout}");
+    assert!(!secrets[0].exists(), "dev removed its secret");
     for node in std::mem::take(&mut dev.nodes) {
         assert!(
             !std::path::Path::new(&format!("/proc/{node}")).exists()
@@ -740,4 +832,278 @@ fn dev_stops_its_cluster_in_an_order_every_leave_is_heard() {
             "node {node} is still running"
         );
     }
+}
+
+/// A node whose stdout pipe is never read (full at once: its first
+/// assignment event alone outgrows the pipe) stays alive and in its cluster
+/// while another member joins and dies over and over; the events it could
+/// not write are dropped and counted.
+#[test]
+fn a_node_whose_stdout_is_never_read_stays_in_its_cluster() {
+    const P: u32 = 4096;
+    let ports = free_ports(6);
+    let (peers, https) = ports.split_at(3);
+    let seeds = format!("127.0.0.1:{},127.0.0.1:{}", peers[0], peers[1]);
+    // One voter: the leader is the first seed; the stuck node is a plain
+    // member that must keep heartbeating to stay in.
+    let one_voter = ["--voters", "1", "--event-queue-lines", "8"];
+    let leader = start_with(
+        "y",
+        peers[0],
+        https[0],
+        &seeds,
+        P,
+        &one_voter,
+        Stdio::null(),
+    );
+    // Piped and never read: the pipe stays open and fills up.
+    let stuck = start_with(
+        "x",
+        peers[1],
+        https[1],
+        &seeds,
+        P,
+        &one_voter,
+        Stdio::piped(),
+    );
+    wait_until("x and y agree", || {
+        agreement(&[&leader, &stuck], P).is_some()
+    });
+    let mut rounds = 0;
+    while rounds < 3 || metric(&stuck.http, "ringleader_events_dropped_total").unwrap_or(0) == 0 {
+        assert!(rounds < 10, "no event was dropped after {rounds} rounds");
+        rounds += 1;
+        let churn = start_with(
+            "z",
+            peers[2],
+            https[2],
+            &seeds,
+            P,
+            &one_voter,
+            Stdio::null(),
+        );
+        wait_until("z joins and gets its share", || {
+            agreement(&[&leader, &stuck, &churn], P).is_some()
+        });
+        drop(churn); // SIGKILL
+        wait_until("x and y own everything again", || {
+            agreement(&[&leader, &stuck], P).is_some()
+        });
+        assert_eq!(http("GET", &stuck.http, "/livez").map(|r| r.0), Some(200));
+    }
+}
+
+/// With its stdout reader gone (writes fail with EPIPE), a node keeps
+/// auto-releasing: a joining node gets its partitions long before the 60 s
+/// revoke deadline would have handed them over without a release.
+#[test]
+fn auto_release_works_with_a_closed_stdout() {
+    let ports = free_ports(4);
+    let seeds = format!("127.0.0.1:{}", ports[0]);
+    let slow_revoke = ["--revoke-timeout-ms", "60000"];
+    let mut first = start_with(
+        "a",
+        ports[0],
+        ports[1],
+        &seeds,
+        16,
+        &slow_revoke,
+        Stdio::piped(),
+    );
+    drop(first.child.stdout.take()); // the reader exits
+    wait_until("a owns every partition", || {
+        get_json(&first.http, "/partitions")
+            .is_some_and(|p| p.as_array().is_some_and(|a| a.len() == 16))
+    });
+    let second = start_with(
+        "b",
+        ports[2],
+        ports[3],
+        &seeds,
+        16,
+        &slow_revoke,
+        Stdio::null(),
+    );
+    // DEADLINE (40 s) is below the revoke timeout: only releases move them.
+    wait_until("b gets half of the partitions", || {
+        agreement(&[&first, &second], 16).is_some()
+            && get_json(&second.http, "/partitions")
+                .is_some_and(|p| p.as_array().is_some_and(|a| a.len() == 8))
+    });
+    // a's event output did fail, and a kept running.
+    assert!(metric(&first.http, "ringleader_events_dropped_total").unwrap_or(0) > 0);
+}
+
+/// Reads from `s` until the server closes it (true), or the deadline passes
+/// (false). Whatever the server sends first (a response) is skipped.
+fn closed_by_server(s: &mut TcpStream) -> bool {
+    s.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let deadline = Instant::now() + DEADLINE;
+    let mut buf = [0u8; 4096];
+    while Instant::now() < deadline {
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return true, // reset
+        }
+    }
+    false
+}
+
+/// Slowloris (a partial request line, then nothing), a silent connection
+/// and an idle keep-alive connection are all closed by the server after the
+/// header timeout; an event stream open all the while is not.
+#[test]
+fn slow_and_idle_http_connections_are_closed_but_event_streams_are_not() {
+    let ports = free_ports(2);
+    let node = start_with(
+        "h0",
+        ports[0],
+        ports[1],
+        &format!("127.0.0.1:{}", ports[0]),
+        4,
+        &["--http-header-timeout-ms", "1000"],
+        Stdio::null(),
+    );
+    wait_until("the node is ready", || {
+        http("GET", &node.http, "/readyz").is_some_and(|(s, _)| s == 200)
+    });
+    let mut events = TcpStream::connect(&node.http).unwrap();
+    write!(
+        events,
+        "GET /v1/events HTTP/1.1\r\nHost: x\r\nLast-Event-ID: 0\r\n\r\n"
+    )
+    .unwrap();
+
+    let mut slow = TcpStream::connect(&node.http).unwrap();
+    slow.write_all(b"GET /status HTT").unwrap();
+    assert!(
+        closed_by_server(&mut slow),
+        "a slowloris connection stayed open"
+    );
+
+    let mut silent = TcpStream::connect(&node.http).unwrap();
+    assert!(
+        closed_by_server(&mut silent),
+        "a silent connection stayed open"
+    );
+
+    // An oversized request head is refused, not buffered.
+    let mut big = TcpStream::connect(&node.http).unwrap();
+    let filler = "a".repeat(100 * 1024);
+    let _ = write!(
+        big,
+        "GET /livez HTTP/1.1\r\nHost: x\r\nX-Filler: {filler}\r\n\r\n"
+    );
+    let mut answer = String::new();
+    let _ = big.read_to_string(&mut answer);
+    // 431, or a reset that outran it (the server closes with our bytes unread).
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 431"),
+        "{answer}"
+    );
+
+    let mut idle = TcpStream::connect(&node.http).unwrap();
+    write!(idle, "GET /livez HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    assert!(
+        closed_by_server(&mut idle),
+        "an idle keep-alive connection stayed open"
+    );
+
+    // Several header timeouts later, the stream is still open and has
+    // delivered the replayed events.
+    events
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match events.read(&mut buf) {
+            Ok(0) => panic!("the event stream was closed"),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(_) => break, // nothing more for now: still open
+        }
+    }
+    let got = String::from_utf8_lossy(&got);
+    assert!(got.starts_with("HTTP/1.1 200"), "{got}");
+    assert!(got.contains("event: leader_changed"), "{got}");
+}
+
+/// Under an open-file limit of 256, 300 idle HTTP connections take at most
+/// the HTTP share of descriptors: the node stays in its cluster, a new node
+/// joins through it, and /livez answers again as the server closes idle
+/// connections (the test keeps its ends open).
+#[test]
+fn idle_http_connections_beyond_the_limit_leave_the_peers_alone() {
+    let mut ports = free_ports(6);
+    // The lowest seed creates the cluster: a or b, not c, which comes later.
+    ports[..3].sort_unstable();
+    let (peers, https) = ports.split_at(3);
+    let seeds = peers
+        .iter()
+        .map(|p| format!("127.0.0.1:{p}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let spawn = |i: usize, name: &str, limited: bool| -> Proc {
+        let mut cmd = if limited {
+            let mut sh = Command::new("sh");
+            sh.args(["-c", "ulimit -n 256 && exec \"$0\" \"$@\"", BIN]);
+            sh
+        } else {
+            Command::new(BIN)
+        };
+        let child = cmd
+            .args(["run", "--name", name, "--auto-release"])
+            .args(["--listen", &format!("127.0.0.1:{}", peers[i])])
+            .args(["--http", &format!("127.0.0.1:{}", https[i])])
+            .args(["--seeds", &seeds, "--partitions", "12"])
+            .args(["--http-header-timeout-ms", "2000"])
+            .args(["--log", "error,openraft=off"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        Proc {
+            child,
+            http: format!("127.0.0.1:{}", https[i]),
+        }
+    };
+    let mut limited = spawn(0, "a", true);
+    let mut other = spawn(1, "b", false);
+    wait_until("a and b agree", || {
+        // Report an early exit (a port taken meanwhile, say) as such.
+        for p in [&mut limited, &mut other] {
+            if let Ok(Some(status)) = p.child.try_wait() {
+                panic!("{} exited: {status}", p.http);
+            }
+        }
+        agreement(&[&limited, &other], 12).is_some()
+    });
+
+    let flood: Vec<TcpStream> = (0..300)
+        .filter_map(|_| TcpStream::connect(&limited.http).ok())
+        .collect();
+    assert_eq!(flood.len(), 300);
+    let late = spawn(2, "c", false);
+    wait_until("c joins while a's HTTP port is flooded", || {
+        get_json(&other.http, "/status").is_some_and(|s| {
+            s["members"]
+                .as_array()
+                .is_some_and(|ms| ms.len() == 3 && ms.iter().all(|m| m["alive"] == true))
+        })
+    });
+    wait_until("a answers /livez again", || {
+        http("GET", &limited.http, "/livez").is_some_and(|(s, _)| s == 200)
+    });
+    wait_until("all three agree", || {
+        agreement(&[&limited, &other, &late], 12).is_some()
+    });
+    drop(flood);
 }

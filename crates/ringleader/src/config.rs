@@ -255,10 +255,11 @@ impl NodeConfig {
 pub fn is_loopback(addr: &str) -> bool {
     let host = addr.rsplit_once(':').map_or(addr, |(host, _)| host);
     let host = host.trim_start_matches('[').trim_end_matches(']');
-    host.eq_ignore_ascii_case("localhost")
-        || host
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
+    match host.parse::<std::net::IpAddr>() {
+        // ::ffff:127.0.0.1 is loopback too.
+        Ok(ip) => ip.to_canonical().is_loopback(),
+        Err(_) => host.eq_ignore_ascii_case("localhost"),
+    }
 }
 
 #[cfg(test)]
@@ -267,7 +268,13 @@ mod tests {
 
     #[test]
     fn loopback_addresses_are_recognised() {
-        for a in ["127.0.0.1:1", "127.9.9.9:1", "[::1]:7000", "localhost:7000"] {
+        for a in [
+            "127.0.0.1:1",
+            "127.9.9.9:1",
+            "[::1]:7000",
+            "localhost:7000",
+            "[::ffff:127.0.0.1]:1",
+        ] {
             assert!(is_loopback(a), "{a}");
         }
         for a in [

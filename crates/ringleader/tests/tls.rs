@@ -116,11 +116,17 @@ async fn certificates_made_as_the_docs_say_work() {
             .current_dir(&dir)
             .output()
             .unwrap();
-        assert!(out.status.success(), "{script}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{script}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     };
     // The same commands as docs/security.md.
-    sh("openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 3650 \
-        -subj '/CN=ringleader cluster CA' -keyout ca.key -out ca.pem");
+    sh(
+        "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 3650 \
+        -subj '/CN=ringleader cluster CA' -keyout ca.key -out ca.pem",
+    );
     for node in ["a", "b"] {
         sh(&format!(
             "openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \

@@ -69,7 +69,7 @@ pub async fn render(State(api): State<Api>) -> Response {
 
     let wire = node.wire_stats();
     let stats = node.stats();
-    let counters: [(&str, &str, &AtomicU64); 11] = [
+    let counters: [(&str, &str, &AtomicU64); 13] = [
         (
             "frames_rejected",
             "Peer connections closed for a malformed, truncated or oversized frame",
@@ -82,8 +82,18 @@ pub async fn render(State(api): State<Api>) -> Response {
         ),
         (
             "connections_shed",
-            "Peer connections closed because too many were open",
+            "Peer connections closed because too many were open or in their handshake",
             &wire.connections_shed,
+        ),
+        (
+            "requests_refused",
+            "Peer requests refused after the handshake: they spoke for another node or listed too many partitions",
+            &wire.requests_refused,
+        ),
+        (
+            "refusals_unlogged",
+            "Log lines about refused peers left out by the rate limit",
+            &wire.refusals_unlogged,
         ),
         (
             "rebalances",
@@ -131,6 +141,13 @@ pub async fn render(State(api): State<Api>) -> Response {
         c.inc_by(value.load(Ordering::Relaxed));
         registry.register(name, help, c);
     }
+    let dropped = Counter::<u64>::default();
+    dropped.inc_by(api.options.events_dropped.load(Ordering::Relaxed));
+    registry.register(
+        "events_dropped",
+        "Event lines dropped because stdout did not take them (full pipe or closed reader)",
+        dropped,
+    );
     let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
     registry.register(
         "lease_renew_rtt_microseconds",

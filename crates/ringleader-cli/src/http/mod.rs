@@ -2,11 +2,14 @@
 //! Prometheus metrics, health checks and a dashboard page. Documented in
 //! `docs/openapi.yaml`.
 
+pub mod auth;
 pub mod feed;
 mod metrics;
+pub mod server;
 
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use axum::extract::{Path, State};
@@ -31,6 +34,18 @@ pub const MAX_KEY_BYTES: usize = 4096;
 pub struct Api {
     node: Node,
     feed: Arc<Feed>,
+    options: ApiOptions,
+}
+
+/// What the daemon gives the API besides its node.
+#[derive(Clone, Default)]
+pub struct ApiOptions {
+    /// Event lines dropped because stdout did not take them
+    /// (`ringleader_events_dropped_total`).
+    pub events_dropped: Arc<AtomicU64>,
+    /// The token write endpoints require; without one, writes are accepted
+    /// from loopback peers only (see [`auth`]).
+    pub api_token: Option<auth::ApiToken>,
 }
 
 /// The routes, in one place so the OpenAPI test can compare them.
@@ -48,9 +63,14 @@ pub const ROUTES: &[(&str, &str)] = &[
 ];
 
 /// Builds the router for `node`.
-pub fn router(node: Node) -> Router {
+pub fn router(node: Node, options: ApiOptions) -> Router {
     let feed = Feed::start(&node);
-    let api = Api { node, feed };
+    let writes = axum::middleware::from_fn_with_state(options.api_token.clone(), auth::writes);
+    let api = Api {
+        node,
+        feed,
+        options,
+    };
     Router::new()
         .route("/", get(|| async { Html(DASHBOARD) }))
         .route("/status", get(status))
@@ -58,7 +78,10 @@ pub fn router(node: Node) -> Router {
         .route("/v1/owner/{key}", get(owner))
         .route("/v1/partition/{key}", get(owner))
         .route("/v1/events", get(events))
-        .route("/v1/partitions/{p}/release", post(release))
+        .route(
+            "/v1/partitions/{p}/release",
+            post(release).route_layer(writes),
+        )
         .route("/metrics", get(metrics::render))
         .route("/livez", get(|| async { Json(json!({ "status": "ok" })) }))
         .route("/readyz", get(ready))
@@ -160,12 +183,24 @@ async fn owner(State(api): State<Api>, Path(key): Path<String>) -> Response {
     .into_response()
 }
 
-async fn release(State(api): State<Api>, Path(p): Path<String>) -> Response {
+/// A partition number in a path: decimal digits only, no sign, no spaces,
+/// no leading zeros (one spelling per partition).
+fn parse_partition(text: &str) -> Option<u32> {
+    let canonical = !text.is_empty()
+        && text.bytes().all(|b| b.is_ascii_digit())
+        && (text == "0" || !text.starts_with('0'));
+    canonical.then(|| text.parse().ok()).flatten()
+}
+
+async fn release(State(api): State<Api>, Path(text): Path<String>) -> Response {
     let n = api.node.config().num_partitions;
-    let Ok(p) = p.parse::<u32>() else {
+    let Some(p) = parse_partition(&text) else {
         return error(
             StatusCode::BAD_REQUEST,
-            format!("{p:?} is not a partition number"),
+            format!(
+                "{:?} is not a partition number (decimal digits, no sign, no leading zeros)",
+                crate::printable::bounded(&text)
+            ),
         );
     };
     if p >= n {
@@ -175,7 +210,19 @@ async fn release(State(api): State<Api>, Path(p): Path<String>) -> Response {
         );
     }
     match api.node.release(&[p]).await {
-        Ok(()) => Json(json!({ "partition": p, "released": true })).into_response(),
+        Ok(released) if released.contains(&p) => {
+            Json(json!({ "partition": p, "released": true })).into_response()
+        }
+        Ok(_) => {
+            let reason = if api.node.owned().iter().any(|g| g.partition == p) {
+                "this node owns the partition and is not asked to hand it off: \
+                 a release answers a partitions_revoking event"
+            } else {
+                "this node does not hold the partition (never assigned here, \
+                 already released, or moved)"
+            };
+            Json(json!({ "partition": p, "released": false, "reason": reason })).into_response()
+        }
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     }
 }
@@ -249,15 +296,26 @@ fn event_stream(
     futures::stream::iter(head).chain(tail)
 }
 
-/// Serves the API on `listener` until the task is dropped.
-pub async fn serve(listener: tokio::net::TcpListener, node: Node) {
-    let app = router(node);
+/// Serves the API on `listener` within `limits` until `shutdown` resolves
+/// (see [`server::serve`]).
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    node: Node,
+    options: ApiOptions,
+    limits: server::Limits,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    let app = router(node, options);
     if let Ok(addr) = listener.local_addr() {
-        tracing::info!(%addr, routes = ?ROUTES, "serving the HTTP API");
+        tracing::info!(
+            %addr,
+            max_connections = limits.max_connections,
+            header_timeout_ms = limits.header_timeout.as_millis() as u64,
+            routes = ?ROUTES,
+            "serving the HTTP API"
+        );
     }
-    if let Err(e) = axum::serve(listener, app).await {
-        tracing::error!(error = %e, "HTTP server stopped");
-    }
+    server::serve(listener, app, limits, shutdown).await;
 }
 
 /// Plain-text response with a content type, for `/metrics`.
@@ -310,7 +368,7 @@ mod tests {
         node.wait_ready(std::time::Duration::from_secs(20))
             .await
             .unwrap();
-        let app = super::router(node.clone());
+        let app = super::router(node.clone(), super::ApiOptions::default());
         for (method, path) in ROUTES {
             if *path == "/v1/events" {
                 continue; // a stream that does not end; covered by the daemon test
@@ -329,6 +387,139 @@ mod tests {
             .body(Body::empty())
             .unwrap();
         assert_eq!(app.oneshot(req).await.unwrap().status(), 404);
+        node.shutdown().await;
+    }
+
+    /// A one-node cluster owning its `partitions` partitions.
+    async fn ready_node(partitions: u32) -> ringleader::Node {
+        let node = ringleader::Node::builder()
+            .partitions(partitions)
+            .start()
+            .await
+            .unwrap();
+        node.wait_ready(std::time::Duration::from_secs(20))
+            .await
+            .unwrap();
+        node
+    }
+
+    /// POSTs a release of `p` from `peer` with an optional bearer token;
+    /// returns the status and the JSON body.
+    async fn post_release(
+        app: &axum::Router,
+        p: &str,
+        peer: &str,
+        token: Option<&str>,
+    ) -> (u16, serde_json::Value) {
+        use axum::body::Body;
+        use axum::extract::ConnectInfo;
+        use axum::http::Request;
+        use tower::ServiceExt;
+        let mut req = Request::builder()
+            .method("POST")
+            .uri(format!("/v1/partitions/{p}/release"));
+        if let Some(token) = token {
+            req = req.header("authorization", format!("Bearer {token}"));
+        }
+        let mut req = req.body(Body::empty()).unwrap();
+        let peer: std::net::SocketAddr = peer.parse().unwrap();
+        req.extensions_mut().insert(ConnectInfo(peer));
+        let response = app.clone().oneshot(req).await.unwrap();
+        let status = response.status().as_u16();
+        let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        (status, serde_json::from_slice(&body).unwrap())
+    }
+
+    #[test]
+    fn partition_numbers_have_one_spelling() {
+        assert_eq!(super::parse_partition("0"), Some(0));
+        assert_eq!(super::parse_partition("17"), Some(17));
+        assert_eq!(super::parse_partition("4294967295"), Some(u32::MAX));
+        for bad in [
+            "",
+            "+5",
+            "-1",
+            " 5",
+            "5 ",
+            "05",
+            "00",
+            "5a",
+            "0x5",
+            "4294967296",
+            "٣",
+        ] {
+            assert_eq!(super::parse_partition(bad), None, "{bad:?}");
+        }
+    }
+
+    /// A release says whether it did anything; bad numbers are 400.
+    #[tokio::test]
+    async fn a_release_answers_whether_it_released_anything() {
+        let node = ready_node(4).await;
+        let app = super::router(node.clone(), super::ApiOptions::default());
+        // Owned here, but nobody asked for it back.
+        let (status, body) = post_release(&app, "1", "127.0.0.1:9", None).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["released"], false, "{body}");
+        assert_eq!(body["partition"], 1, "{body}");
+        assert!(
+            body["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("revoking")),
+            "{body}"
+        );
+        for bad in ["+1", "01", "%201", "4", "-1"] {
+            let (status, body) = post_release(&app, bad, "127.0.0.1:9", None).await;
+            assert_eq!(status, 400, "{bad}: {body}");
+            assert!(body["error"].is_string(), "{body}");
+        }
+        node.shutdown().await;
+    }
+
+    /// Without a token, writes only from loopback; with one, only with it.
+    #[tokio::test]
+    async fn writes_need_loopback_or_the_api_token() {
+        let node = ready_node(2).await;
+        let open = super::router(node.clone(), super::ApiOptions::default());
+        let (status, body) = post_release(&open, "0", "10.1.2.3:5000", None).await;
+        assert_eq!(status, 403, "{body}");
+        assert!(
+            body["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("--api-token-file")),
+            "{body}"
+        );
+        assert_eq!(post_release(&open, "0", "[::1]:5000", None).await.0, 200);
+
+        let token = "0123456789abcdef0123";
+        let options = super::ApiOptions {
+            api_token: Some(super::auth::ApiToken::from_file_bytes(token.as_bytes()).unwrap()),
+            ..Default::default()
+        };
+        let guarded = super::router(node.clone(), options);
+        for (peer, given) in [
+            ("127.0.0.1:5000", None),
+            ("10.1.2.3:5000", None),
+            ("127.0.0.1:5000", Some("0123456789abcdef012")),
+            ("10.1.2.3:5000", Some("wrong-wrong-wrong-wrong")),
+        ] {
+            let (status, body) = post_release(&guarded, "0", peer, given).await;
+            assert_eq!(status, 401, "{peer} {given:?}: {body}");
+            assert!(body["error"].is_string(), "{body}");
+        }
+        let (status, body) = post_release(&guarded, "0", "10.1.2.3:5000", Some(token)).await;
+        assert_eq!(status, 200, "{body}");
+        // Reads stay open.
+        use axum::body::Body;
+        use axum::http::Request;
+        use tower::ServiceExt;
+        let req = Request::builder()
+            .uri("/status")
+            .body(Body::empty())
+            .unwrap();
+        assert_eq!(guarded.oneshot(req).await.unwrap().status(), 200);
         node.shutdown().await;
     }
 

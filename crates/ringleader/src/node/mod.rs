@@ -793,8 +793,11 @@ impl Node {
     /// Tells the leader this node's application stopped working on these
     /// revoking partitions (the acknowledgement of
     /// [`crate::Event::PartitionsRevoking`]), so they can move at once.
-    /// Partitions this node does not hold are ignored.
-    pub async fn release(&self, partitions: &[u32]) -> Result<(), Error> {
+    /// Partitions this node does not hold under a revocation are ignored.
+    /// Returns the partitions released (empty if none was being revoked
+    /// here), whether or not the leader has heard of it yet: the release is
+    /// repeated on every heartbeat until the table shows it.
+    pub async fn release(&self, partitions: &[u32]) -> Result<Vec<u32>, Error> {
         let released = self
             .core
             .ownership
@@ -802,14 +805,15 @@ impl Node {
             .unwrap_or_else(|e| e.into_inner())
             .release(partitions);
         if released.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
+        let parts: Vec<u32> = released.iter().map(|g| g.partition).collect();
         // Remember them until the table shows them released: every
         // heartbeat repeats them, so a leader change or a lost request
         // cannot turn a release into a wait for the deadline.
         self.core.queue_releases(&released);
         if self.core.raft_thinks_it_leads() {
-            return Ok(());
+            return Ok(parts);
         }
         let request = crate::protocol::Request::Release {
             id: self.core.id,
@@ -829,11 +833,11 @@ impl Node {
                 .call(&addr, request.clone(), self.core.config.timings.rpc_timeout)
                 .await;
             if let Ok(crate::protocol::Response::Released(true)) = answer {
-                return Ok(());
+                return Ok(parts);
             }
         }
         // The next heartbeat carries the release again.
-        Ok(())
+        Ok(parts)
     }
 
     /// The partition `key` belongs to (same on every node; see
