@@ -90,7 +90,13 @@ pub enum Event {
 ///
 /// Returned by [`crate::Node::events`]. Use it as a [`Stream`] or call
 /// [`EventStream::next`]. A slow reader gets [`Event::Lagged`] instead of
-/// blocking the node.
+/// blocking the node. That holds only while the reader itself does not
+/// block the node's runtime: a reader that writes events somewhere that can
+/// stall (a pipe, a socket) must not do it with blocking calls on a runtime
+/// thread. `ringleader run` hands its event lines to a writer thread through
+/// a bounded queue, dropping and counting lines when it is full, and acts
+/// on revocations (`--auto-release`) in a task of its own, so a stdout
+/// nobody reads costs lines, never the node.
 pub struct EventStream {
     inner: BroadcastStream<Event>,
 }
