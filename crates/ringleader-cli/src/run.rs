@@ -731,6 +731,7 @@ pub async fn main(args: RunArgs) -> ExitCode {
     ));
     // Subscribed here, before anything else runs, so no event is missed.
     let printer = tokio::spawn(print_events(node.clone(), node.events(), output));
+    let trimmer = tokio::spawn(crate::memory::keep_trimmed());
     // Independent of the printer: a stuck or closed stdout must not stop
     // releases (handoffs would then wait for the revoke deadline).
     let releaser = args
@@ -759,6 +760,7 @@ pub async fn main(args: RunArgs) -> ExitCode {
         }
     };
     printer.abort();
+    trimmer.abort();
     if let Some(releaser) = releaser {
         releaser.abort();
     }
