@@ -1,7 +1,8 @@
 //! `cargo run -p ringleader-sim -- --seed N` replays one seed (printing its
 //! trace summary); `--seeds K [--from S]` runs seeds S..S+K and prints a
 //! summary; `--trace` prints the whole trace of a `--seed` run;
-//! `--check-determinism` runs the seed twice and compares trace hashes.
+//! `--check-determinism` runs the seed twice and compares trace hashes;
+//! `--outsider` adds the attacking outsider (`ringleader_sim::outsider`).
 //! `--nodes N --partitions P` runs scale mode instead (see
 //! `ringleader_sim::scale` and `scale_main` below).
 //! `RINGLEADER_SIM_LOG=<filter>` (e.g. `ringleader=debug,openraft=info`)
@@ -12,7 +13,7 @@ use std::time::{Duration, Instant};
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: ringleader-sim (--seed N [--trace] [--check-determinism] | --seeds K [--from S])\n       \
+        "usage: ringleader-sim (--seed N [--trace] [--check-determinism] | --seeds K [--from S]) [--outsider]\n       \
          ringleader-sim --nodes N [--partitions P] [--seed S] [--per-host K] [--window-s S] \
          [--deadline-s S] [--tick-ms T] [--poll-ms T] [--reps R] [--quiet]"
     );
@@ -35,6 +36,7 @@ fn main() -> ExitCode {
     let mut from = 0u64;
     let mut full_trace = false;
     let mut check_determinism = false;
+    let mut outsider = false;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let mut num = || it.next().and_then(|v| v.parse::<u64>().ok());
@@ -53,14 +55,22 @@ fn main() -> ExitCode {
             },
             "--trace" => full_trace = true,
             "--check-determinism" => check_determinism = true,
+            "--outsider" => outsider = true,
             _ => return usage(),
         }
     }
+    let run = |seed| {
+        if outsider {
+            ringleader_sim::run_seed_with_outsider(seed)
+        } else {
+            ringleader_sim::run_seed(seed)
+        }
+    };
     if let Some(seed) = seed {
         let started = Instant::now();
-        let o = ringleader_sim::run_seed(seed);
+        let o = run(seed);
         if check_determinism {
-            let again = ringleader_sim::run_seed(seed);
+            let again = run(seed);
             println!(
                 "seed {seed}: trace hashes {:016x} and {:016x} ({})",
                 o.trace_hash,
@@ -107,7 +117,7 @@ fn main() -> ExitCode {
     let mut simulated = 0.0;
     for s in from..from + k {
         // A panic (ours or turmoil's) fails this seed, not the whole run.
-        let o = match std::panic::catch_unwind(|| ringleader_sim::run_seed(s)) {
+        let o = match std::panic::catch_unwind(|| run(s)) {
             Ok(o) => o,
             Err(panic) => {
                 let why = panic
