@@ -191,7 +191,9 @@ where
         ),
     ] {
         match ask(conn, request).await? {
-            Response::Join(JoinOutcome::Refused(_) | JoinOutcome::NotLeader { .. }) => {}
+            Response::Join(
+                JoinOutcome::Refused(_) | JoinOutcome::NotNow(_) | JoinOutcome::NotLeader { .. },
+            ) => {}
             other => return Some(format!("{what} was answered {other:?}")),
         }
     }

@@ -207,6 +207,10 @@ pub enum JoinOutcome {
     },
     /// The node may not join, and retrying will not help.
     Refused(String),
+    /// The node may not join now, for the reason given; a later attempt may
+    /// succeed (the member table is full, or the address it gives is held
+    /// by a member and it did not answer there).
+    NotNow(String),
 }
 
 /// The answer to a heartbeat.

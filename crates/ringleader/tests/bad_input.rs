@@ -295,8 +295,28 @@ async fn a_peer_speaks_only_for_itself_and_within_bounds() {
         },
     )
     .await;
+    // Not now (a restart whose probe failed tries again), and never while
+    // the member answers there.
     assert!(
-        matches!(answer, Response::Join(JoinOutcome::Refused(ref why)) if why.contains("address")),
+        matches!(answer, Response::Join(JoinOutcome::NotNow(ref why)) if why.contains("address")),
+        "{answer:?}"
+    );
+    // The leader's own address: refused for good.
+    let answer = ask(
+        &mut f,
+        Request::Join {
+            id: me,
+            info: NodeInfo {
+                name: "thief".into(),
+                addr: leader.info().addr.clone(),
+                http_addr: None,
+            },
+            num_partitions: 16,
+        },
+    )
+    .await;
+    assert!(
+        matches!(answer, Response::Join(JoinOutcome::Refused(ref why)) if why.contains("leader")),
         "{answer:?}"
     );
     // A name that fills most of a frame never reaches the log.

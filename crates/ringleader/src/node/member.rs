@@ -287,6 +287,9 @@ async fn join_via(core: &Arc<Core>, targets: Vec<String>) -> Option<String> {
             Ok(Response::Join(JoinOutcome::NotLeader { leader: Some(l) })) => {
                 queue.push_front(l.addr)
             }
+            Ok(Response::Join(JoinOutcome::NotNow(reason))) => {
+                tracing::warn!(%addr, %reason, "the leader will not admit this node yet");
+            }
             Ok(Response::Join(JoinOutcome::Refused(reason))) => {
                 tracing::error!(%reason, "the cluster refused this node");
                 core.set_refused(reason);

@@ -212,7 +212,7 @@ async fn join(core: &Arc<Core>, id: NodeId, info: NodeInfo, num_partitions: u32)
         return JoinOutcome::Admitted;
     }
     if state.members.len() >= crate::limits::MAX_MEMBERS {
-        return JoinOutcome::Refused(format!(
+        return JoinOutcome::NotNow(format!(
             "the cluster has {} members, its limit",
             crate::limits::MAX_MEMBERS
         ));
@@ -226,8 +226,13 @@ async fn join(core: &Arc<Core>, id: NodeId, info: NodeInfo, num_partitions: u32)
         .filter(|(other, m)| **other != id && m.info.addr == info.addr)
         .map(|(other, _)| *other)
         .collect();
-    if stale.contains(&core.id) || (!stale.is_empty() && !answers_at(core, id, &info.addr).await) {
-        return JoinOutcome::Refused(format!(
+    if stale.contains(&core.id) {
+        return JoinOutcome::Refused(format!("address {} is the leader's", info.addr));
+    }
+    if !stale.is_empty() && !answers_at(core, id, &info.addr).await {
+        // A restart whose probe failed (it may be slow to answer) tries
+        // again; a node taking another's address never gets in.
+        return JoinOutcome::NotNow(format!(
             "address {} belongs to another member, and node {id} does not answer there",
             info.addr
         ));
