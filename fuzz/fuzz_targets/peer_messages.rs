@@ -141,6 +141,7 @@ fn request(u: &mut Unstructured<'_>) -> Result<Request> {
             id: id(u)?,
             info: info(u)?,
             num_partitions: partition(u)?,
+            incarnation: u.arbitrary()?,
         },
         4 => Request::Heartbeat {
             id: id(u)?,

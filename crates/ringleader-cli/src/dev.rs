@@ -27,6 +27,11 @@ pub struct DevArgs {
     /// First HTTP API port; node i serves on http-base-port + i.
     #[arg(long, default_value_t = 9100)]
     pub http_base_port: u16,
+    /// Keep node i's data in DIR/n<i>, so the next `dev` with the same
+    /// directory resumes the same cluster (default: a private temporary
+    /// directory, removed when `dev` ends).
+    #[arg(long)]
+    pub data_dir: Option<std::path::PathBuf>,
 }
 
 enum Report {
@@ -157,8 +162,9 @@ pub async fn main(args: DevArgs) -> ExitCode {
         return ExitCode::from(1);
     };
     // Every node authenticates its peers with a fresh secret; the directory
-    // (mode 0700, the file 0600) is removed when `dev` returns.
-    let (_secret_dir, secret_file) = match write_secret() {
+    // (mode 0700, the file 0600) is removed when `dev` returns, and so are
+    // the nodes' data directories in it, unless --data-dir put them elsewhere.
+    let (secret_dir, secret_file) = match write_secret() {
         Ok(s) => s,
         Err(e) => {
             eprintln!("ringleader: cannot write the cluster secret: {e}");
@@ -177,6 +183,11 @@ pub async fn main(args: DevArgs) -> ExitCode {
         let name = format!("n{}", i + 1);
         let http = format!("127.0.0.1:{}", args.http_base_port.saturating_add(i as u16));
         apis.insert(name.clone(), http.clone());
+        let data_dir = args
+            .data_dir
+            .as_deref()
+            .unwrap_or(secret_dir.path())
+            .join(&name);
         let spawned = Command::new(&exe)
             .args(["run", "--name", &name, "--listen", addr, "--seeds", &seeds])
             .args(["--http", &http])
@@ -184,6 +195,8 @@ pub async fn main(args: DevArgs) -> ExitCode {
             .args(["--log", "error,openraft=off", "--auto-release"])
             .arg("--secret-file")
             .arg(&secret_file)
+            .arg("--data-dir")
+            .arg(&data_dir)
             .stdout(Stdio::piped())
             .stdin(Stdio::null())
             // A process group of its own: a Ctrl-C at the terminal reaches

@@ -70,9 +70,16 @@ pub struct RunArgs {
     /// certificate it signed.
     #[arg(long, env = "RINGLEADER_TLS_CA")]
     pub tls_ca: Option<std::path::PathBuf>,
-    /// Target number of Raft voters: 1, 3, 5 or 7.
+    /// Target number of Raft voters: 1, 3, 5 or 7 (default 5: five from
+    /// five live nodes, three from three, one alone).
     #[arg(long, env = "RINGLEADER_VOTERS")]
     pub voters: Option<usize>,
+    /// Directory for this node's identity and Raft state (created if
+    /// missing; one node per directory). A node restarted with it resumes
+    /// as the same node and voter. Without it the node is ephemeral: a
+    /// restart is a new node.
+    #[arg(long, env = "RINGLEADER_DATA_DIR")]
+    pub data_dir: Option<std::path::PathBuf>,
     /// Member heartbeat interval in ms (ring-election: HEART_BEAT_FREQUENCY).
     #[arg(long, env = "RINGLEADER_HEARTBEAT_MS")]
     pub heartbeat_ms: Option<u64>,
@@ -140,6 +147,7 @@ pub struct FileConfig {
     http_max_connections: Option<usize>,
     http_header_timeout_ms: Option<u64>,
     voters: Option<usize>,
+    data_dir: Option<std::path::PathBuf>,
     heartbeat_ms: Option<u64>,
     session_timeout_ms: Option<u64>,
     lease_ms: Option<u64>,
@@ -212,6 +220,7 @@ fn with_file(mut args: RunArgs, file: FileConfig) -> RunArgs {
         http_max_connections,
         http_header_timeout_ms,
         voters,
+        data_dir,
         heartbeat_ms / "HEART_BEAT_FREQUENCY",
         session_timeout_ms / "HEART_BEAT_CHECK_FREQUENCY",
         lease_ms,
@@ -336,6 +345,7 @@ pub fn config_from(args: &RunArgs) -> anyhow::Result<NodeConfig> {
     if let Some(voters) = args.voters {
         config.voters = voters;
     }
+    config.data_dir = args.data_dir.clone();
     config.listen = match (&args.listen, parse_legacy::<u16>("listen", "PORT")?) {
         (Some(listen), _) => listen.clone(),
         (None, Some(port)) => format!("0.0.0.0:{port}"),
@@ -753,10 +763,13 @@ pub async fn main(args: RunArgs) -> ExitCode {
                 }
             }
         }
-        result = wait_refused(&node) => {
+        result = wait_failed(&node) => {
             eprintln!("ringleader: {result}");
             node.shutdown().await;
-            ExitCode::from(2)
+            match result {
+                ringleader::Error::Refused(_) => ExitCode::from(2),
+                _ => ExitCode::from(1),
+            }
         }
     };
     printer.abort();
@@ -807,11 +820,12 @@ async fn auto_release(node: Node, mut events: ringleader::EventStream) {
     }
 }
 
-/// Resolves only if the cluster refuses this node for good.
-async fn wait_refused(node: &Node) -> ringleader::Error {
+/// Resolves only if the cluster refuses this node for good, or Raft
+/// stopped on it (its data directory cannot be written, say).
+async fn wait_failed(node: &Node) -> ringleader::Error {
     loop {
         match node.wait_ready(Duration::from_secs(3600)).await {
-            Err(e @ ringleader::Error::Refused(_)) => return e,
+            Err(e @ (ringleader::Error::Refused(_) | ringleader::Error::Raft(_))) => return e,
             // Joined (or still trying): keep watching for a later refusal
             // after an expulsion and rejoin.
             _ => tokio::time::sleep(Duration::from_millis(500)).await,

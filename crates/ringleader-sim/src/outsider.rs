@@ -177,6 +177,7 @@ where
             http_addr: None,
         },
         num_partitions: partitions,
+        incarnation: 0,
     };
     // The address of the node we are talking to: it is alive, so the join
     // must be refused (a follower refers us to the leader instead).

@@ -11,8 +11,10 @@ use crate::transport::handshake::Secret;
 pub const DEFAULT_CLUSTER: &str = "ringleader";
 /// Default number of partitions.
 pub const DEFAULT_PARTITIONS: u32 = 256;
-/// Default number of Raft voters.
-pub const DEFAULT_VOTERS: usize = 3;
+/// Default number of Raft voters: five once the cluster has five live
+/// members (any two may then fail at once), three from three, one alone
+/// (see `desired_voters` in `node/leader.rs`).
+pub const DEFAULT_VOTERS: usize = 5;
 
 /// Every timing a node uses. See `docs/architecture.md` for what each is for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -95,6 +97,9 @@ pub struct NodeConfig {
     pub timings: Timings,
     /// Largest frame accepted from or sent to a peer.
     pub max_frame: usize,
+    /// Where the node keeps its identity and Raft state across restarts.
+    /// None: ephemeral (a restart is a new node).
+    pub data_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for NodeConfig {
@@ -113,6 +118,7 @@ impl Default for NodeConfig {
             voters: DEFAULT_VOTERS,
             timings: Timings::default(),
             max_frame: DEFAULT_MAX_FRAME,
+            data_dir: None,
         }
     }
 }

@@ -86,6 +86,10 @@ pub enum Error {
     /// No leader could be reached in time.
     #[error("no leader reachable: {0}")]
     NoLeader(String),
+    /// The data directory cannot be used (locked, damaged, another
+    /// cluster's, unreadable or unwritable).
+    #[error(transparent)]
+    Storage(#[from] crate::raft::store::StoreError),
 }
 
 impl Error {

@@ -246,6 +246,7 @@ mod tests {
         let member = Command::AddMember {
             id: u64::MAX,
             info: widest_info('h'),
+            incarnation: u64::MAX,
         };
         for command in [grant, member] {
             let bytes = postcard::experimental::serialized_size(&command).unwrap();
@@ -273,6 +274,7 @@ mod tests {
                     info: widest_info('m'),
                     role: Role::Member,
                     joined_index: u64::MAX,
+                    incarnation: u64::MAX,
                 },
             );
         }

@@ -56,6 +56,9 @@ pub struct Ownership<T> {
     lease_until: Option<T>,
     held: BTreeMap<u32, Held<T>>,
     deadlines: BTreeMap<u32, T>,
+    /// Grants (partition, token) this process must never act on: an
+    /// earlier process of this node held them (see [`Ownership::disown`]).
+    disowned: BTreeSet<(u32, u64)>,
 }
 
 impl<T: Ord + Copy> Ownership<T> {
@@ -66,7 +69,18 @@ impl<T: Ord + Copy> Ownership<T> {
             lease_until: None,
             held: BTreeMap::new(),
             deadlines: BTreeMap::new(),
+            disowned: BTreeSet::new(),
         }
+    }
+
+    /// Never holds these grants (partition, token), whatever the table
+    /// says. A node restarted from its data directory disowns the grants its
+    /// restored table shows it holding: they belonged to its previous
+    /// process, and the leader takes them back when the new process joins,
+    /// possibly before this node's copy of the table shows it. A grant made
+    /// later has a higher token and is not affected.
+    pub fn disown(&mut self, grants: impl IntoIterator<Item = (u32, u64)>) {
+        self.disowned.extend(grants);
     }
 
     /// The lease now runs until `until` (if that is later than before).
@@ -152,6 +166,7 @@ impl<T: Ord + Copy> Ownership<T> {
             .enumerate()
             .filter(|(_, s)| s.owner == Some(self.me))
             .map(|(p, s)| (u32::try_from(p).unwrap_or(u32::MAX), (s.state, s.token)))
+            .filter(|(p, (_, token))| !self.disowned.contains(&(*p, *token)))
             .collect();
 
         // Revoking partitions get a deadline when first seen: no later than
@@ -278,6 +293,39 @@ mod tests {
         assert_eq!(o.valid(10).len(), 1);
         assert!(o.valid(100).is_empty());
         assert_eq!(o.evaluate(&t, 100), vec![Change::Lost(vec![0])]);
+    }
+
+    #[test]
+    fn a_disowned_grant_is_never_held_but_a_later_one_is() {
+        let t = table_with(&[(0, ME), (1, ME)], 5);
+        let mut o = Ownership::<u64>::new(ME);
+        o.disown([(0, 5)]);
+        o.renew(100);
+        assert_eq!(
+            o.evaluate(&t, 10),
+            vec![Change::Assigned(vec![Grant {
+                partition: 1,
+                token: 5
+            }])]
+        );
+        // Taken back and granted again: a new token, held.
+        let regranted = table_with(&[(0, ME), (1, ME)], 9);
+        assert_eq!(
+            o.evaluate(&regranted, 20),
+            vec![
+                Change::Lost(vec![1]),
+                Change::Assigned(vec![
+                    Grant {
+                        partition: 0,
+                        token: 9
+                    },
+                    Grant {
+                        partition: 1,
+                        token: 9
+                    }
+                ])
+            ]
+        );
     }
 
     #[test]

@@ -53,6 +53,10 @@ pub enum Request {
         info: NodeInfo,
         /// Its configured partition count (must match the cluster's).
         num_partitions: u32,
+        /// Which start of the node this is: rises with every start from
+        /// its data directory (0 without one, where every start is a new
+        /// id). A higher one than the member table's is a restart.
+        incarnation: u64,
     },
     /// A member's session heartbeat to the leader.
     Heartbeat {
@@ -290,6 +294,7 @@ mod tests {
             id,
             info: NodeInfo::default(),
             num_partitions: 8,
+            incarnation: 0,
         };
         let heartbeat = |id| Request::Heartbeat {
             id,

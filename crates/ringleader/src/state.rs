@@ -28,10 +28,13 @@ pub enum Command {
     },
     /// Admits a node to the member table.
     AddMember {
-        /// The node's incarnation id.
+        /// The node's id.
         id: NodeId,
         /// How to reach it.
         info: NodeInfo,
+        /// Which start of the node was admitted (see
+        /// [`crate::protocol::Request::Join`]).
+        incarnation: u64,
     },
     /// Removes a node from the member table.
     RemoveMember {
@@ -69,6 +72,9 @@ pub struct Member {
     pub role: Role,
     /// Log index of the entry that admitted it.
     pub joined_index: u64,
+    /// Which start of the node was admitted (0 for a node without a data
+    /// directory).
+    pub incarnation: u64,
 }
 
 /// The committed cluster state as of log index [`ClusterState::index`].
@@ -124,7 +130,11 @@ impl ClusterState {
                     epoch: self.epoch,
                 });
             }
-            Command::AddMember { id, info } => {
+            Command::AddMember {
+                id,
+                info,
+                incarnation,
+            } => {
                 let role = self.role_of(*id);
                 let previous = self.members.insert(
                     *id,
@@ -132,6 +142,7 @@ impl ClusterState {
                         info: info.clone(),
                         role,
                         joined_index: index,
+                        incarnation: *incarnation,
                     },
                 );
                 if previous.is_none() {
@@ -288,6 +299,7 @@ mod tests {
             &Command::AddMember {
                 id: 1,
                 info: info(1),
+                incarnation: 0,
             },
         );
         assert!(
@@ -326,6 +338,7 @@ mod tests {
             &Command::AddMember {
                 id: 1,
                 info: info(1),
+                incarnation: 0,
             },
         );
         let ev = s.apply(2, &Command::SetVoters([1].into()));
@@ -342,7 +355,11 @@ mod tests {
     fn arb_command() -> impl Strategy<Value = Command> {
         prop_oneof![
             (0u64..6).prop_map(|leader| Command::NewEpoch { leader }),
-            (0u64..6).prop_map(|id| Command::AddMember { id, info: info(id) }),
+            (0u64..6).prop_map(|id| Command::AddMember {
+                id,
+                info: info(id),
+                incarnation: 0,
+            }),
             (0u64..6).prop_map(|id| Command::RemoveMember {
                 id,
                 reason: LeaveReason::Expired

@@ -271,6 +271,7 @@ async fn a_peer_speaks_only_for_itself_and_within_bounds() {
             id: victim.id(),
             info: victim.info().clone(),
             num_partitions: 16,
+            incarnation: 0,
         },
     ];
     for request in forged {
@@ -292,6 +293,7 @@ async fn a_peer_speaks_only_for_itself_and_within_bounds() {
                 http_addr: None,
             },
             num_partitions: 16,
+            incarnation: 0,
         },
     )
     .await;
@@ -312,6 +314,7 @@ async fn a_peer_speaks_only_for_itself_and_within_bounds() {
                 http_addr: None,
             },
             num_partitions: 16,
+            incarnation: 0,
         },
     )
     .await;
@@ -330,6 +333,7 @@ async fn a_peer_speaks_only_for_itself_and_within_bounds() {
                 http_addr: None,
             },
             num_partitions: 16,
+            incarnation: 0,
         },
     )
     .await;

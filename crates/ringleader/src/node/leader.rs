@@ -13,6 +13,7 @@ use openraft::ChangeMembers;
 use super::Core;
 use crate::error::Error;
 use crate::lease;
+use crate::partitions::PartitionOp;
 use crate::protocol::{LeaveOutcome, Request, Response};
 use crate::state::{ClusterIdentity, Command};
 use crate::types::{LeaveReason, NodeId, NodeInfo};
@@ -258,15 +259,25 @@ async fn take_office(core: &Arc<Core>, term: u64) -> Result<u64, Error> {
         )
         .await?;
     }
-    if !state.members.contains_key(&core.id) && !core.leaving.load(Ordering::SeqCst) {
-        write(
-            core,
-            Command::AddMember {
-                id: core.id,
-                info: core.info.clone(),
-            },
-        )
-        .await?;
+    match state.members.get(&core.id) {
+        None if !core.leaving.load(Ordering::SeqCst) => {
+            write(
+                core,
+                Command::AddMember {
+                    id: core.id,
+                    info: core.info.clone(),
+                    incarnation: core.incarnation,
+                },
+            )
+            .await?;
+        }
+        // This process is a restart of the member the table knows (a
+        // leader never joins through itself): take back what the previous
+        // process held, as `server::join` does for others.
+        Some(me) if me.incarnation < core.incarnation || me.info != core.info => {
+            readmit(core, core.id, core.info.clone(), core.incarnation).await?;
+        }
+        _ => {}
     }
     write(core, Command::NewEpoch { leader: core.id }).await?;
     // Heartbeats are judged from now on (sessions are this term's).
@@ -335,9 +346,86 @@ async fn expire_sessions(core: &Arc<Core>) {
 }
 
 /// Admits `id` to the member table (leader only).
-pub(crate) async fn add_member(core: &Arc<Core>, id: NodeId, info: NodeInfo) -> Result<(), Error> {
+pub(crate) async fn add_member(
+    core: &Arc<Core>,
+    id: NodeId,
+    info: NodeInfo,
+    incarnation: u64,
+) -> Result<(), Error> {
     core.touch(id);
-    write(core, Command::AddMember { id, info }).await?;
+    write(
+        core,
+        Command::AddMember {
+            id,
+            info,
+            incarnation,
+        },
+    )
+    .await?;
+    Ok(())
+}
+
+/// Admits member `id` again, as `incarnation` at `info` (leader only).
+///
+/// A higher incarnation is a restart from the node's data directory: every
+/// partition the member holds is taken back at once, before the new process
+/// is admitted. That is safe without waiting for a lease: the process that
+/// held them is gone (one process per data directory, and only a process
+/// holding no grant ever sends a join), and the new one disowns them
+/// ([`crate::ownership::Ownership::disown`]). They are granted again, with
+/// new tokens, by the next rebalance.
+pub(crate) async fn readmit(
+    core: &Arc<Core>,
+    id: NodeId,
+    info: NodeInfo,
+    incarnation: u64,
+) -> Result<(), Error> {
+    core.touch(id);
+    let previous = core.sm.read(|s| s.members.get(&id).cloned());
+    let restarted = previous
+        .as_ref()
+        .is_some_and(|m| incarnation > m.incarnation);
+    if restarted {
+        let _exclusive = core.rebalance_lock.lock().await;
+        let held: Vec<u32> = core
+            .sm
+            .read(|s| s.partitions.held_by(id))
+            .into_iter()
+            .map(|(p, _)| p)
+            .collect();
+        if !held.is_empty() {
+            tracing::info!(
+                id,
+                incarnation,
+                partitions = held.len(),
+                "a restarted node's earlier grants are taken back"
+            );
+            super::owner::write_op(core, PartitionOp::Release(held)).await?;
+        }
+    }
+    let moved = previous.is_some_and(|m| m.info.addr != info.addr);
+    write(
+        core,
+        Command::AddMember {
+            id,
+            info: info.clone(),
+            incarnation,
+        },
+    )
+    .await?;
+    if moved && core.raft_voters().contains(&id) {
+        // Raft reaches voters through its own copy of their address.
+        let _guard = membership_change(core).await?;
+        let nodes = BTreeMap::from([(id, info)]);
+        bounded(
+            core,
+            "voter address change",
+            core.raft
+                .change_membership(ChangeMembers::SetNodes(nodes), false),
+        )
+        .await?;
+    }
+    core.rebalance_now.notify_one();
     Ok(())
 }
 

@@ -274,6 +274,7 @@ async fn join_via(core: &Arc<Core>, targets: Vec<String>) -> Option<String> {
             id: core.id,
             info: core.info.clone(),
             num_partitions: core.config.num_partitions,
+            incarnation: core.incarnation,
         };
         match core
             .transport

@@ -35,6 +35,7 @@ use crate::raft::Raft;
 use crate::raft::log_store::LogStore;
 use crate::raft::network::NetworkFactory;
 use crate::raft::state_machine::StateMachine;
+use crate::raft::store::{DiskStore, StoreError, StoredIdentity};
 use crate::runtime::WallClock;
 use crate::transport::handshake::Secret;
 use crate::transport::{self, Net, TcpTransport, TokioNet, Transport, WireConfig, WireStats};
@@ -53,6 +54,7 @@ pub struct NodeBuilder<N: Net = TokioNet> {
     id: Option<NodeId>,
     wall_clock: Option<WallClock>,
     process: Option<crate::clock::Process>,
+    store: Option<Arc<DiskStore>>,
 }
 
 impl Default for NodeBuilder {
@@ -70,6 +72,7 @@ impl<N: Net> std::fmt::Debug for NodeBuilder<N> {
             .field("id", &self.id)
             .field("custom_wall_clock", &self.wall_clock.is_some())
             .field("process", &self.process)
+            .field("store", &self.store)
             .finish()
     }
 }
@@ -84,6 +87,7 @@ impl NodeBuilder {
             id: None,
             wall_clock: None,
             process: None,
+            store: None,
         }
     }
 }
@@ -100,14 +104,16 @@ impl<N: Net> NodeBuilder<N> {
             id: self.id,
             wall_clock: self.wall_clock,
             process: self.process,
+            store: self.store,
         }
     }
 
-    /// Uses `id` as this incarnation's [`NodeId`] instead of a random one.
-    /// For simulation and tests only: an id names one process incarnation,
-    /// so it must never be reused, not even by the same node after a
-    /// restart (see `docs/architecture.md`, section 4). 0 is refused at
-    /// [`NodeBuilder::start`].
+    /// Uses `id` as this node's [`NodeId`] instead of a random one.
+    /// For simulation and tests only. Without a data directory an id names
+    /// one process incarnation, so it must never be reused, not even by the
+    /// same node after a restart (see `docs/architecture.md`, section 4);
+    /// with one, it must be the id the directory holds (a new directory
+    /// takes it). 0 is refused at [`NodeBuilder::start`].
     pub fn id(mut self, id: NodeId) -> Self {
         self.id = Some(id);
         self
@@ -140,6 +146,22 @@ impl<N: Net> NodeBuilder<N> {
     /// same cluster name and secret as this node.
     pub fn transport(mut self, transport: Arc<dyn Transport>) -> Self {
         self.transport = Some(transport);
+        self
+    }
+
+    /// Keeps the node's identity and Raft state in `dir` (created if
+    /// missing), so a restart resumes as the same node and voter. Without
+    /// it the node is ephemeral: a restart is a new node.
+    pub fn data_dir(mut self, dir: impl Into<std::path::PathBuf>) -> Self {
+        self.config.data_dir = Some(dir.into());
+        self
+    }
+
+    /// Keeps the node's identity and Raft state in `store` instead of a
+    /// data directory. For simulation (a store on a backend that outlives
+    /// the node is a disk that survives its crash); one node at a time.
+    pub fn store(mut self, store: Arc<DiskStore>) -> Self {
+        self.store = Some(store);
         self
     }
 
@@ -253,6 +275,8 @@ pub struct Node {
 /// The state shared by the node's tasks.
 pub(crate) struct Core {
     pub(crate) id: NodeId,
+    /// Which start of this node this process is (0: no data directory).
+    pub(crate) incarnation: u64,
     pub(crate) info: NodeInfo,
     pub(crate) config: NodeConfig,
     pub(crate) raft: Raft,
@@ -556,11 +580,25 @@ impl Node {
             id,
             wall_clock,
             process: _,
+            store,
         } = builder;
         config.validate()?;
         if id == Some(0) {
             return Err(Error::config("id", "0 is not a node id"));
         }
+        let disk = match (store, &config.data_dir) {
+            (Some(store), _) => Some(store),
+            (None, Some(dir)) => Some(Arc::new(DiskStore::open_dir(dir)?)),
+            (None, None) => None,
+        };
+        let id = match &disk {
+            Some(disk) => Some(durable_id(disk, &config, id)?),
+            None => id,
+        };
+        let incarnation = match &disk {
+            Some(disk) => disk.next_incarnation()?,
+            None => 0,
+        };
         let raft_config = Arc::new(config.raft_config()?);
         let partitioner = crate::partitioner::Partitioner::new(config.num_partitions)
             .map_err(|e| Error::config("partitions", e.to_string()))?;
@@ -572,16 +610,7 @@ impl Node {
             addr: config.listen.clone(),
             reason: e.to_string(),
         })?;
-        let id: NodeId = match id {
-            Some(id) => id,
-            None => loop {
-                // 0 is openraft's "no node" default; never use it.
-                let id = crate::runtime::random::<u64>();
-                if id != 0 {
-                    break id;
-                }
-            },
-        };
+        let id: NodeId = id.unwrap_or_else(random_id);
         let name = config
             .name
             .clone()
@@ -606,20 +635,34 @@ impl Node {
             .unwrap_or_else(|| Arc::new(TcpTransport::with_net(wire.clone(), net.clone())));
         let view = Arc::new(View::new(id));
         let sink_view = view.clone();
-        let sm = StateMachine::new(Arc::new(move |applied| sink_view.on_applied(applied)));
+        let sink: crate::raft::state_machine::ApplySink =
+            Arc::new(move |applied| sink_view.on_applied(applied));
+        let (log, sm) = match disk {
+            Some(disk) => {
+                let restored = disk.load()?;
+                let log = LogStore::durable(disk.clone(), &restored);
+                (log, StateMachine::durable(sink, disk, restored.snapshot)?)
+            }
+            None => (LogStore::default(), StateMachine::new(sink)),
+        };
         let (tick_switch, tick_gate) = TickGate::new();
         let raft = tick_gate
             .scope(Raft::new(
                 id,
                 raft_config,
                 NetworkFactory::new(transport.clone()),
-                LogStore::default(),
+                log,
                 sm.clone(),
             ))
             .await
             .map_err(|e| Error::Raft(e.to_string()))?;
+        // Grants the restored table shows this node holding were its
+        // previous process's: never act on them (the leader takes them back).
+        let mut ownership = crate::ownership::Ownership::new(id);
+        ownership.disown(sm.read(|s| s.partitions.held_by(id)));
         let core = Arc::new(Core {
             id,
+            incarnation,
             info,
             config,
             raft,
@@ -633,7 +676,7 @@ impl Node {
             leaving: AtomicBool::new(false),
             partitioner,
             stats: NodeStats::default(),
-            ownership: Mutex::new(crate::ownership::Ownership::new(id)),
+            ownership: Mutex::new(ownership),
             ownership_changed: tokio::sync::Notify::new(),
             released: Mutex::new(std::collections::BTreeSet::new()),
             doomed: Mutex::new(std::collections::BTreeSet::new()),
@@ -730,11 +773,29 @@ impl Node {
             .with(|s, _| s.members.contains_key(&self.core.id) && s.leader.is_some())
     }
 
+    /// Why Raft stopped on this node, if it did (e.g. the data directory
+    /// could not be written: a voter that cannot keep its promises stops).
+    /// Such a node serves nothing any more; shut it down.
+    pub fn failure(&self) -> Option<String> {
+        let m = self.core.raft.metrics();
+        let m = m.borrow();
+        m.running_state
+            .as_ref()
+            .err()
+            .map(|fatal| fatal.to_string())
+    }
+
     /// Waits until this node is in the member table and knows a leader.
+    /// Fails at once if the cluster refused the node for good
+    /// ([`Error::Refused`]) or Raft stopped on it ([`Error::Raft`]).
     pub async fn wait_ready(&self, timeout: Duration) -> Result<(), Error> {
         let mut changes = self.core.view.watch();
+        let mut raft = self.core.raft.metrics();
         let deadline = self.enter(Instant::now) + timeout;
         loop {
+            if let Some(reason) = self.failure() {
+                return Err(Error::Raft(reason));
+            }
             if self.is_joined() {
                 return Ok(());
             }
@@ -744,10 +805,18 @@ impl Node {
             if self.core.shutdown.is_cancelled() {
                 return Err(Error::Shutdown);
             }
-            let changed = self.enter(|| crate::clock::timeout_at(deadline, changes.changed()));
+            let either = async {
+                tokio::select! {
+                    changed = changes.changed() => changed.is_ok(),
+                    changed = raft.changed() => changed.is_ok(),
+                }
+            };
+            let changed = self.enter(|| crate::clock::timeout_at(deadline, either));
             match changed.await {
-                Ok(Ok(())) => {}
-                Ok(Err(_)) => return Err(Error::Shutdown),
+                Ok(true) => {}
+                Ok(false) => {
+                    return Err(self.failure().map_or(Error::Shutdown, Error::Raft));
+                }
                 Err(_) => return Err(Error::NoLeader("not admitted before the deadline".into())),
             }
         }
@@ -919,6 +988,69 @@ impl Node {
     /// Whether [`Node::shutdown`] or [`Node::leave`] has run.
     pub fn is_shut_down(&self) -> bool {
         self.core.shutdown.is_cancelled()
+    }
+}
+
+/// The id kept in `disk`, checked against the configuration; on a new
+/// store, `wanted` (or a random id), written there first.
+fn durable_id(
+    disk: &DiskStore,
+    config: &NodeConfig,
+    wanted: Option<NodeId>,
+) -> Result<NodeId, Error> {
+    let mismatch = |what: String| StoreError::Mismatch {
+        place: disk.place().to_string(),
+        what,
+    };
+    let Some(stored) = disk.identity()? else {
+        let node_id = wanted.unwrap_or_else(random_id);
+        disk.set_identity(&StoredIdentity {
+            format: crate::raft::store::FORMAT,
+            node_id,
+            cluster: config.cluster.clone(),
+            num_partitions: config.num_partitions,
+        })?;
+        return Ok(node_id);
+    };
+    if stored.format != crate::raft::store::FORMAT {
+        return Err(mismatch(format!(
+            "has layout {}; this ringleader reads layout {}",
+            stored.format,
+            crate::raft::store::FORMAT
+        ))
+        .into());
+    }
+    if stored.cluster != config.cluster {
+        return Err(mismatch(format!(
+            "belongs to cluster {:?}, not {:?}",
+            stored.cluster, config.cluster
+        ))
+        .into());
+    }
+    if stored.num_partitions != config.num_partitions {
+        return Err(mismatch(format!(
+            "was made with {} partitions; this node is configured with {}",
+            stored.num_partitions, config.num_partitions
+        ))
+        .into());
+    }
+    if wanted.is_some_and(|w| w != stored.node_id) {
+        return Err(mismatch(format!(
+            "holds node {}, not the id asked for",
+            stored.node_id
+        ))
+        .into());
+    }
+    Ok(stored.node_id)
+}
+
+/// A fresh node id (never 0: openraft's "no node").
+fn random_id() -> NodeId {
+    loop {
+        let id = crate::runtime::random::<u64>();
+        if id != 0 {
+            return id;
+        }
     }
 }
 

@@ -330,7 +330,7 @@ pub(crate) async fn rebalance(core: &Arc<Core>) -> Result<(), Error> {
 
 /// Commits `op`, in entries of at most [`crate::limits::MAX_OP_PARTITIONS`]
 /// partitions each, so no entry outgrows a frame.
-async fn write_op(core: &Arc<Core>, op: PartitionOp) -> Result<(), Error> {
+pub(crate) async fn write_op(core: &Arc<Core>, op: PartitionOp) -> Result<(), Error> {
     for part in op.split(crate::limits::MAX_OP_PARTITIONS) {
         super::leader::write(core, Command::Partitions(part)).await?;
     }

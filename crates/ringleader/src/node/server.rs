@@ -155,7 +155,8 @@ async fn handle(core: &Arc<Core>, request: Request) -> Response {
             id,
             info,
             num_partitions,
-        } => Response::Join(join(core, id, info, num_partitions).await),
+            incarnation,
+        } => Response::Join(join(core, id, info, num_partitions, incarnation).await),
         Request::Heartbeat {
             id,
             known_created,
@@ -186,7 +187,13 @@ async fn handle(core: &Arc<Core>, request: Request) -> Response {
     }
 }
 
-async fn join(core: &Arc<Core>, id: NodeId, info: NodeInfo, num_partitions: u32) -> JoinOutcome {
+async fn join(
+    core: &Arc<Core>,
+    id: NodeId,
+    info: NodeInfo,
+    num_partitions: u32,
+    incarnation: u64,
+) -> JoinOutcome {
     if let Err(e) = crate::limits::check_info(&info) {
         return JoinOutcome::Refused(format!("invalid node description: {e}"));
     }
@@ -204,14 +211,22 @@ async fn join(core: &Arc<Core>, id: NodeId, info: NodeInfo, num_partitions: u32)
             ));
         }
     }
-    if state.members.contains_key(&id) {
+    let known = state.members.get(&id);
+    if let Some(member) = known {
+        if incarnation < member.incarnation {
+            return JoinOutcome::NotNow(format!(
+                "node {id} has started again since this join was sent"
+            ));
+        }
         if !core.touch_if_fresh(id) {
             // Being expired: it may rejoin once the removal is committed.
             return JoinOutcome::NotLeader { leader: None };
         }
-        return JoinOutcome::Admitted;
+        if incarnation == member.incarnation && info == member.info {
+            return JoinOutcome::Admitted;
+        }
     }
-    if state.members.len() >= crate::limits::MAX_MEMBERS {
+    if known.is_none() && state.members.len() >= crate::limits::MAX_MEMBERS {
         return JoinOutcome::NotNow(format!(
             "the cluster has {} members, its limit",
             crate::limits::MAX_MEMBERS
@@ -249,7 +264,11 @@ async fn join(core: &Arc<Core>, id: NodeId, info: NodeInfo, num_partitions: u32)
             .unwrap_or_else(|e| e.into_inner())
             .extend(stale);
     }
-    match leader::add_member(core, id, info).await {
+    let admitted = match known {
+        Some(_) => leader::readmit(core, id, info, incarnation).await,
+        None => leader::add_member(core, id, info, incarnation).await,
+    };
+    match admitted {
         Ok(()) => JoinOutcome::Admitted,
         Err(e) => {
             tracing::info!(id, error = %e, "join not committed");

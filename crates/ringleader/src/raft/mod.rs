@@ -1,9 +1,10 @@
-//! The glue between ringleader and openraft: type configuration, in-memory
-//! log store, state machine and the network adapter.
+//! The glue between ringleader and openraft: type configuration, log store,
+//! state machine, the durable store behind them and the network adapter.
 
 pub mod log_store;
 pub mod network;
 pub mod state_machine;
+pub mod store;
 
 use std::io::Cursor;
 

@@ -13,6 +13,7 @@ use openraft::{
 use serde::{Deserialize, Serialize};
 
 use super::TypeConfig;
+use super::store::{DiskStore, StoreError, StoredSnapshot};
 use crate::protocol::Update;
 use crate::state::{ClusterState, Command};
 use crate::types::{NodeId, NodeInfo};
@@ -49,10 +50,15 @@ struct Inner {
 }
 
 /// The state machine; clones share the same state.
+///
+/// With a data directory, every snapshot it builds or installs is saved
+/// there before openraft may purge the log it covers; at start the state is
+/// the saved snapshot's, and openraft replays the committed entries after it.
 #[derive(Clone)]
 pub struct StateMachine {
     inner: Arc<Mutex<Inner>>,
     sink: ApplySink,
+    disk: Option<Arc<DiskStore>>,
 }
 
 impl StateMachine {
@@ -61,7 +67,49 @@ impl StateMachine {
         Self {
             inner: Arc::new(Mutex::new(Inner::default())),
             sink,
+            disk: None,
         }
+    }
+
+    /// A state machine saving its snapshots to `disk`, starting from
+    /// `snapshot` (the one saved there, if any). Reports the restored state
+    /// to `sink` at once.
+    pub fn durable(
+        sink: ApplySink,
+        disk: Arc<DiskStore>,
+        snapshot: Option<StoredSnapshot>,
+    ) -> Result<Self, StoreError> {
+        let mut inner = Inner::default();
+        if let Some((meta, bytes)) = snapshot {
+            let body: SnapshotBody =
+                postcard::from_bytes(&bytes).map_err(|e| StoreError::Corrupt {
+                    place: disk.place().to_string(),
+                    what: format!("the snapshot does not decode: {e}"),
+                })?;
+            inner.state = body.state;
+            inner.last_applied = meta.last_log_id;
+            inner.last_membership = meta.last_membership.clone();
+            inner.snapshot = Some((meta, bytes));
+            sink(Applied::Snapshot(inner.state.clone()));
+        }
+        Ok(Self {
+            inner: Arc::new(Mutex::new(inner)),
+            sink,
+            disk: Some(disk),
+        })
+    }
+
+    /// Saves `snapshot` to the data directory, if there is one.
+    // The error is openraft's own, as its storage traits return it.
+    #[allow(clippy::result_large_err)]
+    fn persist(&self, snapshot: &StoredSnapshot) -> Result<(), StorageError<NodeId>> {
+        let Some(disk) = &self.disk else {
+            return Ok(());
+        };
+        disk.save_snapshot(snapshot).map_err(|e| {
+            tracing::error!(error = %e, "the data directory cannot be written; Raft stops");
+            StorageIOError::write_snapshot(Some(snapshot.0.signature()), &e).into()
+        })
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -193,6 +241,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let bytes = snapshot.into_inner();
         let body: SnapshotBody = postcard::from_bytes(&bytes)
             .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
+        let stored = (meta.clone(), bytes);
+        self.persist(&stored)?;
+        let bytes = stored.1;
         let mut inner = self.lock();
         inner.state = body.state.clone();
         inner.last_applied = meta.last_log_id;
@@ -233,7 +284,9 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             last_membership: inner.last_membership.clone(),
             snapshot_id,
         };
-        inner.snapshot = Some((meta.clone(), bytes.clone()));
+        let stored = (meta.clone(), bytes.clone());
+        self.persist(&stored)?;
+        inner.snapshot = Some(stored);
         Ok(Snapshot {
             meta,
             snapshot: Box::new(Cursor::new(bytes)),

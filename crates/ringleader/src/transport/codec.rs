@@ -335,6 +335,7 @@ mod tests {
                     http_addr: Some("x".into()),
                 },
                 num_partitions: 256,
+                incarnation: 0,
             },
             Request::Leave { id: 0 },
         ];
