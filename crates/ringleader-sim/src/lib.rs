@@ -22,6 +22,7 @@ use ringleader::ownership::Grant;
 use ringleader::transport::Net;
 use ringleader::{Event, Node, Role, Timings};
 
+pub mod disk;
 pub mod outsider;
 pub mod scale;
 
@@ -120,6 +121,42 @@ pub struct Outcome {
     pub faults: usize,
     /// Simulated duration.
     pub simulated: Duration,
+    /// How the seed ran (its replay flags).
+    pub mode: Mode,
+}
+
+/// What kind of cluster a seed runs, beyond what the seed draws.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Mode {
+    /// An [`outsider`] attacks the cluster during its first 10 s.
+    pub outsider: bool,
+    /// Every host has a [`disk::SimDisk`] (a data directory surviving its
+    /// crashes, losing what was not synced), and the faults include
+    /// restarts that keep it: a majority of voters at once, crash loops of
+    /// one node, the whole cluster at once.
+    pub durable: bool,
+    /// The voter target (0: the library's default). Plain seeds run with
+    /// 3, as every soak before durable voters did.
+    pub voters: usize,
+}
+
+impl Mode {
+    /// The `ringleader-sim` flags that replay this mode.
+    pub fn flags(&self) -> String {
+        let mut flags = String::new();
+        if self.outsider {
+            flags.push_str(" --outsider");
+        }
+        if self.durable {
+            flags.push_str(" --durable");
+        }
+        // What `ringleader-sim` picks without --voters.
+        let default = if self.durable { 0 } else { 3 };
+        if self.voters != default {
+            flags.push_str(&format!(" --voters {}", self.voters));
+        }
+        flags
+    }
 }
 
 impl Outcome {
@@ -128,12 +165,13 @@ impl Outcome {
     /// violation).
     pub fn report(&self) -> String {
         let mut out = format!(
-            "seed {} FAILED ({} nodes, {} partitions): {} violation(s); replay with `cargo run -p ringleader-sim -- --seed {}`\n",
+            "seed {} FAILED ({} nodes, {} partitions): {} violation(s); replay with `cargo run -p ringleader-sim -- --seed {}{}`\n",
             self.seed,
             self.nodes,
             self.partitions,
             self.violations.len(),
-            self.seed
+            self.seed,
+            self.mode.flags()
         );
         for v in self.violations.iter().take(10) {
             out.push_str(&format!("  VIOLATION {v}\n"));
@@ -174,6 +212,8 @@ struct Obs {
     samples: Vec<(u64, Sample)>,
     /// (simulated ms, id, event).
     events: Vec<(u64, u64, Event)>,
+    /// (process key, node id) of each process the host started.
+    started: Vec<(u64, u64)>,
 }
 
 /// One host as the driver and the host's software share it.
@@ -193,6 +233,12 @@ struct Slot {
     release_after: Option<Duration>,
     /// The running incarnation's process (the driver pauses it).
     process: Option<Process>,
+    /// The host's disk, in durable mode.
+    disk: Option<disk::SimDisk>,
+    /// Processes started on this host so far.
+    starts: u64,
+    /// The voter target to start nodes with (0: the default).
+    voters: usize,
     node: Option<Node>,
     obs: Obs,
 }
@@ -226,10 +272,22 @@ async fn host_software(
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let (id, rate_ppm, release_after) = {
-        let s = lock(&slot);
-        (s.next_id, s.rate_ppm, s.release_after)
+    let (node_id, rate_ppm, release_after, disk, voters, start) = {
+        let mut s = lock(&slot);
+        s.starts += 1;
+        (
+            s.next_id,
+            s.rate_ppm,
+            s.release_after,
+            s.disk.clone(),
+            s.voters,
+            s.starts,
+        )
     };
+    // The checker follows processes: a restart with the disk keeps the
+    // node id, so each process after the first gets a key of its own.
+    let id = process_key(node_id, start);
+    lock(&slot).obs.started.push((id, node_id));
     let process = Process::new(rate_ppm);
     lock(&slot).process = Some(process.clone());
     let clock: ringleader::runtime::WallClock = Arc::new(|| {
@@ -243,10 +301,23 @@ async fn host_software(
         .partitions(partitions)
         .secret(sim_secret())
         .timings(sim_timings())
-        .id(id)
+        .id(node_id)
         .wall_clock(clock)
         .net(TurmoilNet)
         .process(process.clone());
+    let builder = if voters == 0 {
+        builder
+    } else {
+        builder.voters(voters)
+    };
+    let builder = match disk {
+        Some(disk) => {
+            let place = format!("{name}'s disk");
+            let store = ringleader::raft::store::DiskStore::open_backend(disk.open(), place)?;
+            builder.store(Arc::new(store))
+        }
+        None => builder,
+    };
     let node = process.run(builder.start()).await?;
     lock(&slot).node = Some(node.clone());
     let mut events = node.events();
@@ -289,6 +360,17 @@ async fn host_software(
     }
 }
 
+/// The checker's name for the `start`-th process of node `node_id`: the id
+/// itself for the first, distinct values for later ones (restarts with the
+/// disk keep the node id).
+fn process_key(node_id: u64, start: u64) -> u64 {
+    if start <= 1 {
+        node_id
+    } else {
+        node_id ^ start.wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(17)
+    }
+}
+
 /// Per-node event grammar state for one partition.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Held {
@@ -300,6 +382,11 @@ enum Held {
 #[derive(Debug, Clone)]
 enum Undo {
     Restart(usize),
+    /// Restart a host in a crash loop; it crashes again this many times.
+    RestartLoop(usize, u32),
+    /// Crash a host of a crash loop again (then restart it, `.1` more
+    /// times to go).
+    Recrash(usize, u32),
     Rejoin(usize),
     Repair(Vec<usize>, Vec<usize>),
     RepairOneway(usize, usize),
@@ -319,19 +406,51 @@ enum Phase {
     Done,
 }
 
-/// Runs one seed to the end and returns what happened.
+/// Runs one seed to the end and returns what happened (3 voters, no
+/// disks: the mode every soak before durable voters ran).
 pub fn run_seed(seed: u64) -> Outcome {
-    run(seed, false)
+    run_seed_in(
+        seed,
+        Mode {
+            voters: 3,
+            ..Mode::default()
+        },
+    )
 }
 
 /// Runs one seed with an [`outsider`] attacking the cluster during its
 /// first 10 s (the same cluster and faults as [`run_seed`] would draw; the
 /// outsider's traffic changes the interleavings).
 pub fn run_seed_with_outsider(seed: u64) -> Outcome {
-    run(seed, true)
+    run_seed_in(
+        seed,
+        Mode {
+            outsider: true,
+            voters: 3,
+            ..Mode::default()
+        },
+    )
 }
 
-fn run(seed: u64, with_outsider: bool) -> Outcome {
+/// Runs one seed with disks and the default voter target (see
+/// [`Mode::durable`]).
+pub fn run_seed_durable(seed: u64) -> Outcome {
+    run_seed_in(
+        seed,
+        Mode {
+            durable: true,
+            ..Mode::default()
+        },
+    )
+}
+
+/// Runs one seed in `mode`.
+pub fn run_seed_in(seed: u64, mode: Mode) -> Outcome {
+    run(seed, mode)
+}
+
+fn run(seed: u64, mode: Mode) -> Outcome {
+    let with_outsider = mode.outsider;
     // Everything ringleader draws (ids it would draw, nonces, openraft's
     // election timeouts) follows from the seed: every host runs on this
     // thread.
@@ -383,6 +502,8 @@ fn run(seed: u64, with_outsider: bool) -> Outcome {
             s.active = i < initial;
             s.rate_ppm = rates[i];
             s.release_after = release_delays[i];
+            s.disk = mode.durable.then(disk::SimDisk::default);
+            s.voters = mode.voters;
         }
         let slot = slots[i].clone();
         let name = name.clone();
@@ -408,7 +529,8 @@ fn run(seed: u64, with_outsider: bool) -> Outcome {
 
     let mut st = Checker::new(seed, partitions);
     st.trace.push(format!(
-        "seed {seed}: {n} hosts ({initial} at start), {partitions} partitions"
+        "seed {seed}: {n} hosts ({initial} at start), {partitions} partitions{}",
+        mode.flags()
     ));
     let shown: Vec<String> = names
         .iter()
@@ -493,8 +615,11 @@ fn run(seed: u64, with_outsider: bool) -> Outcome {
             }
             Phase::Faults => {
                 if now >= phase_start + FAULT_PHASE.as_millis() as u64 {
-                    // Heal everything.
+                    // Heal everything (a crash loop ends with its restart).
                     for (_, undo) in std::mem::take(&mut pending) {
+                        if matches!(undo, Undo::Recrash(..)) {
+                            continue;
+                        }
                         apply_undo(
                             &mut sim,
                             &names,
@@ -533,8 +658,20 @@ fn run(seed: u64, with_outsider: bool) -> Outcome {
                     due.into_iter().map(|(_, u)| u).collect()
                 };
                 for undo in due {
-                    if !matches!(undo, Undo::Restart(_) | Undo::Rejoin(_) | Undo::Nothing) {
+                    if !matches!(
+                        undo,
+                        Undo::Restart(_)
+                            | Undo::RestartLoop(..)
+                            | Undo::Recrash(..)
+                            | Undo::Rejoin(_)
+                            | Undo::Nothing
+                    ) {
                         net_faults_active = net_faults_active.saturating_sub(1);
+                    }
+                    if let Some(next) = crash_loop_step(
+                        &mut sim, &names, &slots, &mut down, &mut rng, &undo, &mut st, now,
+                    ) {
+                        pending.push(next);
                     }
                     apply_undo(
                         &mut sim,
@@ -554,31 +691,47 @@ fn run(seed: u64, with_outsider: bool) -> Outcome {
                     let healthy = net_faults_active == 0
                         && !down.iter().any(|d| *d)
                         && healthy_voters(&live, &st.leading);
-                    if let Some((what, undo, is_net)) = pick_fault(
-                        &mut rng,
-                        &mut sim,
-                        &names,
-                        &slots,
-                        &live,
-                        &st.leading,
-                        healthy,
-                        n,
-                        now,
-                    ) {
+                    let picked = if mode.durable && rng.random_bool(0.25) {
+                        pick_restart_fault(
+                            &mut rng,
+                            &mut sim,
+                            &names,
+                            &slots,
+                            &live,
+                            &st.leading,
+                            now,
+                        )
+                    } else {
+                        pick_fault(
+                            &mut rng,
+                            &mut sim,
+                            &names,
+                            &slots,
+                            &live,
+                            &st.leading,
+                            healthy || mode.durable,
+                            n,
+                            now,
+                        )
+                        .map(|(what, undo, is_net)| (what, vec![undo], is_net))
+                    };
+                    if let Some((what, undos, is_net)) = picked {
                         faults += 1;
                         st.action(now, what);
-                        match &undo.1 {
-                            Undo::Restart(i) => down[*i] = true,
-                            Undo::Rejoin(i) => {
-                                down[*i] = true;
-                                left[*i] = true;
+                        for undo in undos {
+                            match &undo.1 {
+                                Undo::Restart(i) | Undo::RestartLoop(i, _) => down[*i] = true,
+                                Undo::Rejoin(i) => {
+                                    down[*i] = true;
+                                    left[*i] = true;
+                                }
+                                _ => {}
                             }
-                            _ => {}
+                            if is_net {
+                                net_faults_active += 1;
+                            }
+                            pending.push(undo);
                         }
-                        if is_net {
-                            net_faults_active += 1;
-                        }
-                        pending.push(undo);
                     }
                 }
             }
@@ -629,6 +782,7 @@ fn run(seed: u64, with_outsider: bool) -> Outcome {
         converged_after_ms,
         faults,
         simulated,
+        mode,
     }
 }
 
@@ -751,7 +905,7 @@ fn pick_fault(
     match kind {
         0 if healthy && live.len() >= 3 => {
             let i = *live_idx.choose(rng)?;
-            sim.crash(names[i].as_str());
+            crash_host(sim, names, slots, i);
             let back = now + rng.random_range(300..3000);
             Some((
                 format!("crash {}", names[i]),
@@ -909,6 +1063,126 @@ fn pick_fault(
     }
 }
 
+/// Crashes host `i`: its process is gone, and so is whatever its disk had
+/// not synced.
+fn crash_host(sim: &mut turmoil::Sim<'_>, names: &[String], slots: &[Shared], i: usize) {
+    sim.crash(names[i].as_str());
+    if let Some(disk) = &lock(&slots[i]).disk {
+        disk.crash();
+    }
+}
+
+/// Durable mode's restart faults (issue 19): a majority of the voters at
+/// once, a crash loop of one host, or every host at once; each host comes
+/// back with its disk.
+fn pick_restart_fault(
+    rng: &mut StdRng,
+    sim: &mut turmoil::Sim<'_>,
+    names: &[String],
+    slots: &[Shared],
+    live: &[(usize, Node)],
+    leading: &BTreeMap<usize, bool>,
+    now: u64,
+) -> Option<(String, Vec<Pending>, bool)> {
+    if live.is_empty() {
+        return None;
+    }
+    let restart = |rng: &mut StdRng, sim: &mut turmoil::Sim<'_>, hosts: &[usize]| {
+        hosts
+            .iter()
+            .map(|i| {
+                crash_host(sim, names, slots, *i);
+                (now + rng.random_range(300..2500), Undo::Restart(*i))
+            })
+            .collect::<Vec<Pending>>()
+    };
+    match rng.random_range(0..3) {
+        0 => {
+            // The leader's voters, as far as the leader knows; a majority.
+            let leader = live
+                .iter()
+                .find(|(i, _)| leading.get(i).copied().unwrap_or(false))?;
+            let voters: BTreeSet<u64> = leader
+                .1
+                .status()
+                .members
+                .iter()
+                .filter(|m| m.role == Role::Voter)
+                .map(|m| m.id)
+                .collect();
+            let mut hosts: Vec<usize> = live
+                .iter()
+                .filter(|(_, n)| voters.contains(&n.id()))
+                .map(|(i, _)| *i)
+                .collect();
+            hosts.shuffle(rng);
+            hosts.truncate(voters.len() / 2 + 1);
+            let undos = restart(rng, sim, &hosts);
+            Some((
+                format!("crash a majority of the voters {}", show(names, &hosts)),
+                undos,
+                false,
+            ))
+        }
+        1 => {
+            let (i, _) = live.choose(rng)?;
+            let loops = rng.random_range(2..6);
+            crash_host(sim, names, slots, *i);
+            Some((
+                format!("crash loop of {} ({} crashes)", names[*i], loops + 1),
+                vec![(
+                    now + rng.random_range(50..500),
+                    Undo::RestartLoop(*i, loops),
+                )],
+                false,
+            ))
+        }
+        _ => {
+            let hosts: Vec<usize> = live.iter().map(|(i, _)| *i).collect();
+            let undos = restart(rng, sim, &hosts);
+            Some((
+                format!("crash every running host {}", show(names, &hosts)),
+                undos,
+                false,
+            ))
+        }
+    }
+}
+
+/// The next step of a crash loop after `undo` is applied, if any: a
+/// restarted host crashes again soon, then restarts again.
+#[allow(clippy::too_many_arguments)]
+fn crash_loop_step(
+    sim: &mut turmoil::Sim<'_>,
+    names: &[String],
+    slots: &[Shared],
+    down: &mut [bool],
+    rng: &mut StdRng,
+    undo: &Undo,
+    st: &mut Checker,
+    now: u64,
+) -> Option<Pending> {
+    match undo {
+        Undo::RestartLoop(i, left) if *left > 0 => Some((
+            now + rng.random_range(100..700),
+            Undo::Recrash(*i, *left - 1),
+        )),
+        Undo::Recrash(i, left) => {
+            if down[*i] {
+                return None;
+            }
+            crash_host(sim, names, slots, *i);
+            down[*i] = true;
+            st.action(now, format!("crash {} again (crash loop)", names[*i]));
+            Some((
+                now + rng.random_range(50..500),
+                Undo::RestartLoop(*i, *left),
+            ))
+        }
+        _ => None,
+    }
+}
+
 fn show(names: &[String], set: &[usize]) -> String {
     let mut v: Vec<&str> = set.iter().map(|i| names[*i].as_str()).collect();
     v.sort();
@@ -929,18 +1203,28 @@ fn apply_undo(
     now: u64,
 ) {
     match undo {
-        Undo::Restart(i) | Undo::Rejoin(i) => {
-            {
+        Undo::Restart(i) | Undo::Rejoin(i) | Undo::RestartLoop(i, _) => {
+            let durable = {
                 let mut s = lock(&slots[*i]);
-                s.next_id = fresh_id(rng);
+                let durable = s.disk.is_some();
+                if !durable {
+                    s.next_id = fresh_id(rng);
+                }
                 s.leave = false;
                 s.node = None;
-            }
+                durable
+            };
             down[*i] = false;
             left[*i] = false;
             sim.bounce(names[*i].as_str());
-            st.action(now, format!("restart {} as a new incarnation", names[*i]));
+            let how = if durable {
+                "with its disk"
+            } else {
+                "as a new incarnation"
+            };
+            st.action(now, format!("restart {} {how}", names[*i]));
         }
+        Undo::Recrash(..) => {}
         Undo::Repair(a, b) => {
             for x in a {
                 for y in b {
@@ -1046,6 +1330,8 @@ struct Checker {
     /// Store writes on their way: arrival ms -> (host, id, partition, token).
     in_flight: BTreeMap<u64, Vec<(usize, u64, u32, u64)>>,
     delay_rng: StdRng,
+    /// Process key -> node id (see [`process_key`]).
+    node_of: BTreeMap<u64, u64>,
 }
 
 impl Checker {
@@ -1064,6 +1350,7 @@ impl Checker {
             leading: BTreeMap::new(),
             in_flight: BTreeMap::new(),
             delay_rng: StdRng::seed_from_u64(seed ^ 0x5eed_5707e),
+            node_of: BTreeMap::new(),
         }
     }
 
@@ -1076,7 +1363,13 @@ impl Checker {
         self.violations.push(format!("t={now} {what}"));
     }
 
+    /// The node id of process `key`.
+    fn node(&self, key: u64) -> u64 {
+        self.node_of.get(&key).copied().unwrap_or(key)
+    }
+
     fn absorb(&mut self, host: usize, obs: Obs) {
+        self.node_of.extend(obs.started);
         for (ms, id, event) in obs.events {
             self.trace.push(format!("t={ms} n{host}#{id:x} {event:?}"));
             self.event(ms, host, id, event);
@@ -1111,7 +1404,7 @@ impl Checker {
             }
             Event::BecameLeader { epoch } => {
                 if let Some(l) = self.epoch_leader.get(&epoch) {
-                    if *l != id {
+                    if *l != self.node(id) {
                         let l = *l;
                         self.violation(
                             ms,
@@ -1295,12 +1588,12 @@ impl Checker {
             let Some((id, grants, _)) = latest.1.get(host) else {
                 return Some(format!("n{host} not sampled"));
             };
-            if *id != node.id() {
+            if self.node(*id) != node.id() {
                 return Some(format!("n{host} sample from an old incarnation"));
             }
-            counts.push(grants.len());
+            counts.push((*host, grants.len()));
             for g in grants {
-                if owner.insert(g.partition, *id).is_some() {
+                if owner.insert(g.partition, node.id()).is_some() {
                     return Some(format!("partition {} held twice", g.partition));
                 }
             }
@@ -1309,11 +1602,22 @@ impl Checker {
             return Some(format!("{} of {partitions} partitions held", owner.len()));
         }
         let (lo, hi) = (
-            counts.iter().min().copied().unwrap_or(0),
-            counts.iter().max().copied().unwrap_or(0),
+            counts.iter().map(|c| c.1).min().unwrap_or(0),
+            counts.iter().map(|c| c.1).max().unwrap_or(0),
         );
         if hi - lo > 1 {
-            return Some(format!("unbalanced: counts {counts:?}"));
+            let shown: Vec<String> = counts
+                .iter()
+                .map(|(host, count)| {
+                    let (_, table) = live[live.iter().position(|(h, _)| h == host).unwrap_or(0)]
+                        .1
+                        .assignment();
+                    let id = live.iter().find(|(h, _)| h == host).map(|(_, n)| n.id());
+                    let in_table = table.iter().filter(|s| s.owner == id).count();
+                    format!("n{host} holds {count} (its table says {in_table})")
+                })
+                .collect();
+            return Some(format!("unbalanced: {}", shown.join(", ")));
         }
         let first = live[0].1.status();
         for (host, node) in live {

@@ -2,7 +2,10 @@
 //! trace summary); `--seeds K [--from S]` runs seeds S..S+K and prints a
 //! summary; `--trace` prints the whole trace of a `--seed` run;
 //! `--check-determinism` runs the seed twice and compares trace hashes;
-//! `--outsider` adds the attacking outsider (`ringleader_sim::outsider`).
+//! `--outsider` adds the attacking outsider (`ringleader_sim::outsider`);
+//! `--durable` gives every host a disk and adds restart faults
+//! (`ringleader_sim::Mode::durable`); `--voters N` sets the voter target
+//! (default 3, or the library's default with `--durable`).
 //! `--nodes N --partitions P` runs scale mode instead (see
 //! `ringleader_sim::scale` and `scale_main` below).
 //! `RINGLEADER_SIM_LOG=<filter>` (e.g. `ringleader=debug,openraft=info`)
@@ -13,7 +16,7 @@ use std::time::{Duration, Instant};
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: ringleader-sim (--seed N [--trace] [--check-determinism] | --seeds K [--from S]) [--outsider]\n       \
+        "usage: ringleader-sim (--seed N [--trace] [--check-determinism] | --seeds K [--from S]) [--outsider] [--durable] [--voters N]\n       \
          ringleader-sim --nodes N [--partitions P] [--seed S] [--per-host K] [--window-s S] \
          [--deadline-s S] [--tick-ms T] [--poll-ms T] [--reps R] [--quiet]"
     );
@@ -36,7 +39,8 @@ fn main() -> ExitCode {
     let mut from = 0u64;
     let mut full_trace = false;
     let mut check_determinism = false;
-    let mut outsider = false;
+    let mut mode = ringleader_sim::Mode::default();
+    let mut voters = None;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let mut num = || it.next().and_then(|v| v.parse::<u64>().ok());
@@ -55,17 +59,18 @@ fn main() -> ExitCode {
             },
             "--trace" => full_trace = true,
             "--check-determinism" => check_determinism = true,
-            "--outsider" => outsider = true,
+            "--outsider" => mode.outsider = true,
+            "--durable" => mode.durable = true,
+            "--voters" => match num() {
+                Some(v @ (1 | 3 | 5 | 7)) => voters = Some(v as usize),
+                _ => return usage(),
+            },
             _ => return usage(),
         }
     }
-    let run = |seed| {
-        if outsider {
-            ringleader_sim::run_seed_with_outsider(seed)
-        } else {
-            ringleader_sim::run_seed(seed)
-        }
-    };
+    // Plain seeds keep the 3 voters every soak before durable voters ran.
+    mode.voters = voters.unwrap_or(if mode.durable { 0 } else { 3 });
+    let run = |seed| ringleader_sim::run_seed_in(seed, mode);
     if let Some(seed) = seed {
         let started = Instant::now();
         let o = run(seed);

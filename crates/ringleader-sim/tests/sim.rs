@@ -42,6 +42,25 @@ fn an_outsider_changes_nothing() {
     assert!(failures.is_empty(), "seeds with violations: {failures:?}");
 }
 
+/// Issue 19: every host has a disk, and the faults include restarts that
+/// keep it (a majority of the voters at once, crash loops, the whole
+/// cluster at once) with 5 voters by default; invariants unchanged, and the
+/// cluster settles after the heal.
+#[test]
+fn durable_seeds_survive_restart_storms() {
+    let seeds = if cfg!(debug_assertions) { 4 } else { 60 };
+    let failures: Vec<u64> = (5000..5000 + seeds)
+        .filter(|seed| {
+            let outcome = ringleader_sim::run_seed_durable(*seed);
+            if !outcome.violations.is_empty() {
+                eprint!("{}", outcome.report());
+            }
+            !outcome.violations.is_empty()
+        })
+        .collect();
+    assert!(failures.is_empty(), "seeds with violations: {failures:?}");
+}
+
 /// Seeds the 10 000-seed soaks once failed, each for a bug since fixed in
 /// the core (see the commit history): a leader that had removed itself from
 /// the voters still acting as leader (5607), a sole voter taking office at

@@ -14,6 +14,44 @@ use std::collections::{BTreeMap, BTreeSet};
 use crate::partitions::{PartitionTable, SlotState};
 use crate::types::NodeId;
 
+/// The token at or below which no grant in `state` to node `me` is this
+/// process's (`incarnation`, see [`crate::protocol::Request::Join`]).
+///
+/// Every grant to a member follows the entry that admitted it, and the
+/// leader readmits a restarted node only after taking back every partition
+/// its earlier process held (`node::leader::readmit`, in one step with the
+/// admission). So the grants of this process are exactly those above the
+/// token of its own admission; a table whose row for `me` is another
+/// process's (a copy restored from disk, older than the readmission), or
+/// that has no row for it, shows none.
+pub fn grant_floor(state: &crate::state::ClusterState, me: NodeId, incarnation: u64) -> u64 {
+    match state.members.get(&me) {
+        Some(m) if m.incarnation == incarnation => {
+            crate::token::make_token(state.created_secs(), m.joined_index)
+        }
+        _ => u64::MAX,
+    }
+}
+
+/// Partitions whose grant no process holds: the table names a member, but
+/// under a token at or below that member's admission, so it was its earlier
+/// process's (a restart from its data directory readmits the node under
+/// the same id). The node never acts on them ([`grant_floor`]) and the
+/// process that did is gone: the leader releases them at once.
+pub fn orphaned(state: &crate::state::ClusterState) -> Vec<u32> {
+    state
+        .partitions
+        .slots()
+        .iter()
+        .enumerate()
+        .filter_map(|(p, slot)| {
+            let member = state.members.get(&slot.owner?)?;
+            let floor = crate::token::make_token(state.created_secs(), member.joined_index);
+            (slot.token <= floor).then(|| u32::try_from(p).unwrap_or(u32::MAX))
+        })
+        .collect()
+}
+
 /// A partition this node may act on, with its fencing token.
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
@@ -56,9 +94,9 @@ pub struct Ownership<T> {
     lease_until: Option<T>,
     held: BTreeMap<u32, Held<T>>,
     deadlines: BTreeMap<u32, T>,
-    /// Grants (partition, token) this process must never act on: an
-    /// earlier process of this node held them (see [`Ownership::disown`]).
-    disowned: BTreeSet<(u32, u64)>,
+    /// Grants at or below this token are not this process's (see
+    /// [`Ownership::set_floor`]).
+    floor: u64,
 }
 
 impl<T: Ord + Copy> Ownership<T> {
@@ -69,18 +107,14 @@ impl<T: Ord + Copy> Ownership<T> {
             lease_until: None,
             held: BTreeMap::new(),
             deadlines: BTreeMap::new(),
-            disowned: BTreeSet::new(),
+            floor: 0,
         }
     }
 
-    /// Never holds these grants (partition, token), whatever the table
-    /// says. A node restarted from its data directory disowns the grants its
-    /// restored table shows it holding: they belonged to its previous
-    /// process, and the leader takes them back when the new process joins,
-    /// possibly before this node's copy of the table shows it. A grant made
-    /// later has a higher token and is not affected.
-    pub fn disown(&mut self, grants: impl IntoIterator<Item = (u32, u64)>) {
-        self.disowned.extend(grants);
+    /// From now on, grants with a token at or below `floor` are not this
+    /// process's, whatever the table says (see [`grant_floor`]).
+    pub fn set_floor(&mut self, floor: u64) {
+        self.floor = floor;
     }
 
     /// The lease now runs until `until` (if that is later than before).
@@ -166,7 +200,7 @@ impl<T: Ord + Copy> Ownership<T> {
             .enumerate()
             .filter(|(_, s)| s.owner == Some(self.me))
             .map(|(p, s)| (u32::try_from(p).unwrap_or(u32::MAX), (s.state, s.token)))
-            .filter(|(p, (_, token))| !self.disowned.contains(&(*p, *token)))
+            .filter(|(_, (_, token))| *token > self.floor)
             .collect();
 
         // Revoking partitions get a deadline when first seen: no later than
@@ -296,36 +330,81 @@ mod tests {
     }
 
     #[test]
-    fn a_disowned_grant_is_never_held_but_a_later_one_is() {
-        let t = table_with(&[(0, ME), (1, ME)], 5);
+    fn grants_at_or_below_the_floor_are_never_held() {
+        let t = table_with(&[(0, ME)], 5);
         let mut o = Ownership::<u64>::new(ME);
-        o.disown([(0, 5)]);
         o.renew(100);
-        assert_eq!(
-            o.evaluate(&t, 10),
-            vec![Change::Assigned(vec![Grant {
-                partition: 1,
-                token: 5
-            }])]
-        );
-        // Taken back and granted again: a new token, held.
-        let regranted = table_with(&[(0, ME), (1, ME)], 9);
+        o.set_floor(5);
+        assert!(o.evaluate(&t, 10).is_empty());
+        // Taken back and granted again after the admission: held.
+        let regranted = table_with(&[(0, ME)], 9);
         assert_eq!(
             o.evaluate(&regranted, 20),
-            vec![
-                Change::Lost(vec![1]),
-                Change::Assigned(vec![
-                    Grant {
-                        partition: 0,
-                        token: 9
-                    },
-                    Grant {
-                        partition: 1,
-                        token: 9
-                    }
-                ])
-            ]
+            vec![Change::Assigned(vec![Grant {
+                partition: 0,
+                token: 9
+            }])]
         );
+        // A table whose row for this node is another process's: nothing.
+        o.set_floor(u64::MAX);
+        assert_eq!(o.evaluate(&regranted, 30), vec![Change::Lost(vec![0])]);
+    }
+
+    #[test]
+    fn grants_from_before_a_readmission_are_orphans() {
+        use crate::state::{ClusterState, Command};
+        use crate::types::NodeInfo;
+        let mut state = ClusterState::default();
+        let add = |incarnation| Command::AddMember {
+            id: ME,
+            info: NodeInfo::default(),
+            incarnation,
+        };
+        state.apply(
+            1,
+            &Command::Init(crate::state::ClusterIdentity {
+                name: "c".into(),
+                created_secs: 0,
+                num_partitions: 4,
+            }),
+        );
+        state.apply(2, &add(1));
+        state.apply(
+            3,
+            &Command::Partitions(PartitionOp::Grant(vec![(0, ME), (1, ME)])),
+        );
+        assert!(orphaned(&state).is_empty(), "this process's grants");
+        state.apply(4, &add(2));
+        assert_eq!(
+            orphaned(&state),
+            vec![0, 1],
+            "granted before the readmission"
+        );
+        state.apply(5, &Command::Partitions(PartitionOp::Release(vec![0, 1])));
+        state.apply(6, &Command::Partitions(PartitionOp::Grant(vec![(0, ME)])));
+        assert!(orphaned(&state).is_empty());
+    }
+
+    #[test]
+    fn the_floor_is_this_processs_admission() {
+        use crate::state::{ClusterState, Member};
+        use crate::types::{NodeInfo, Role};
+        let mut state = ClusterState::default();
+        assert_eq!(grant_floor(&state, ME, 2), u64::MAX, "not a member");
+        let row = |incarnation| Member {
+            info: NodeInfo::default(),
+            role: Role::Member,
+            joined_index: 7,
+            incarnation,
+        };
+        state.members.insert(ME, row(1));
+        assert_eq!(
+            grant_floor(&state, ME, 2),
+            u64::MAX,
+            "an earlier process's row"
+        );
+        state.members.insert(ME, row(2));
+        assert_eq!(grant_floor(&state, ME, 2), 7);
     }
 
     #[test]

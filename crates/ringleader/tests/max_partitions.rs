@@ -32,8 +32,11 @@ async fn a_cluster_at_maximum_partitions_catches_up_members_and_new_voters() {
     init_tracing();
     let addrs = free_addrs(6);
     let start = |i: usize, seeds: &[String]| {
+        // Three voters (the default would make all five voters): the
+        // others must catch up as members, and one as a new voter.
         builder(&format!("m{i}"), &addrs[i], seeds)
             .partitions(MAX_PARTITIONS)
+            .voters(3)
             .start()
     };
     // Three voters form the cluster and split the partitions: grants of

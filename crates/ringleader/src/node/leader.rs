@@ -13,7 +13,6 @@ use openraft::ChangeMembers;
 use super::Core;
 use crate::error::Error;
 use crate::lease;
-use crate::partitions::PartitionOp;
 use crate::protocol::{LeaveOutcome, Request, Response};
 use crate::state::{ClusterIdentity, Command};
 use crate::types::{LeaveReason, NodeId, NodeInfo};
@@ -353,6 +352,7 @@ pub(crate) async fn add_member(
     incarnation: u64,
 ) -> Result<(), Error> {
     core.touch(id);
+    core.undrain(id);
     write(
         core,
         Command::AddMember {
@@ -367,13 +367,13 @@ pub(crate) async fn add_member(
 
 /// Admits member `id` again, as `incarnation` at `info` (leader only).
 ///
-/// A higher incarnation is a restart from the node's data directory: every
-/// partition the member holds is taken back at once, before the new process
-/// is admitted. That is safe without waiting for a lease: the process that
-/// held them is gone (one process per data directory, and only a process
-/// holding no grant ever sends a join), and the new one disowns them
-/// ([`crate::ownership::Ownership::disown`]). They are granted again, with
-/// new tokens, by the next rebalance.
+/// Every partition the table shows it holding becomes an orphan
+/// ([`crate::ownership::orphaned`]), which the next rebalance releases at
+/// once and grants again, with new tokens: a new process of the node (a
+/// restart from its data directory) acts only on grants above its own
+/// admission ([`crate::ownership::grant_floor`]), and the process that held
+/// them is gone (one process per data directory; and only a process
+/// holding no grant ever sends a join).
 pub(crate) async fn readmit(
     core: &Arc<Core>,
     id: NodeId,
@@ -381,29 +381,10 @@ pub(crate) async fn readmit(
     incarnation: u64,
 ) -> Result<(), Error> {
     core.touch(id);
+    core.undrain(id);
     let previous = core.sm.read(|s| s.members.get(&id).cloned());
-    let restarted = previous
-        .as_ref()
-        .is_some_and(|m| incarnation > m.incarnation);
-    if restarted {
-        let _exclusive = core.rebalance_lock.lock().await;
-        let held: Vec<u32> = core
-            .sm
-            .read(|s| s.partitions.held_by(id))
-            .into_iter()
-            .map(|(p, _)| p)
-            .collect();
-        if !held.is_empty() {
-            tracing::info!(
-                id,
-                incarnation,
-                partitions = held.len(),
-                "a restarted node's earlier grants are taken back"
-            );
-            super::owner::write_op(core, PartitionOp::Release(held)).await?;
-        }
-    }
     let moved = previous.is_some_and(|m| m.info.addr != info.addr);
+    tracing::info!(id, incarnation, "readmitting a restarted node");
     write(
         core,
         Command::AddMember {

@@ -656,10 +656,6 @@ impl Node {
             ))
             .await
             .map_err(|e| Error::Raft(e.to_string()))?;
-        // Grants the restored table shows this node holding were its
-        // previous process's: never act on them (the leader takes them back).
-        let mut ownership = crate::ownership::Ownership::new(id);
-        ownership.disown(sm.read(|s| s.partitions.held_by(id)));
         let core = Arc::new(Core {
             id,
             incarnation,
@@ -676,7 +672,7 @@ impl Node {
             leaving: AtomicBool::new(false),
             partitioner,
             stats: NodeStats::default(),
-            ownership: Mutex::new(ownership),
+            ownership: Mutex::new(crate::ownership::Ownership::new(id)),
             ownership_changed: tokio::sync::Notify::new(),
             released: Mutex::new(std::collections::BTreeSet::new()),
             doomed: Mutex::new(std::collections::BTreeSet::new()),

@@ -102,6 +102,16 @@ impl Core {
         self.rebalance_now.notify_one();
     }
 
+    /// Forgets that `node` was leaving: it is (re)admitted. A node that
+    /// left gracefully and restarted from its data directory comes back
+    /// under the same id, perhaps before a rebalance noticed it gone.
+    pub(crate) fn undrain(&self, node: NodeId) {
+        let mut handoff = self.handoff();
+        if handoff.draining.remove(&node) {
+            handoff.settled = None;
+        }
+    }
+
     /// Marks `node` as leaving; returns whether it still holds partitions.
     pub(crate) fn drain(&self, node: NodeId) -> bool {
         {
@@ -135,8 +145,14 @@ impl Core {
                     ownership.revocation_deadline(p, now + left);
                 }
             }
-            self.view
-                .with(|state, _| ownership.evaluate(&state.partitions, now))
+            self.view.with(|state, _| {
+                ownership.set_floor(crate::ownership::grant_floor(
+                    state,
+                    self.id,
+                    self.incarnation,
+                ));
+                ownership.evaluate(&state.partitions, now)
+            })
         };
         self.publish_changes(changes, now);
     }
@@ -237,6 +253,17 @@ pub(crate) async fn rebalance(core: &Arc<Core>) -> Result<(), Error> {
     }
     let state = core.sm.state();
     if state.partitions.is_empty() {
+        return Ok(());
+    }
+    // Grants of a readmitted node's earlier process: nobody holds them.
+    let orphans = crate::ownership::orphaned(&state);
+    if !orphans.is_empty() {
+        tracing::info!(
+            partitions = orphans.len(),
+            "releasing the grants of restarted nodes' earlier processes"
+        );
+        write_op(core, PartitionOp::Release(orphans)).await?;
+        core.rebalance_now.notify_one();
         return Ok(());
     }
     let now = Instant::now();
