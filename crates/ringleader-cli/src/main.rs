@@ -9,6 +9,7 @@ mod memory;
 mod output;
 mod printable;
 mod query;
+mod recover;
 mod run;
 
 use std::process::ExitCode;
@@ -47,6 +48,9 @@ enum Command {
         #[command(flatten)]
         query: query::QueryArgs,
     },
+    /// Restart a cluster that lost a majority of its voters for good from
+    /// one survivor's data directory (see docs/operations.md).
+    Recover(recover::RecoverArgs),
 }
 
 fn main() -> ExitCode {
@@ -55,6 +59,7 @@ fn main() -> ExitCode {
         Command::Status(q) => query::status(q),
         Command::Owner { key, query } => query::owner(query, &key, false),
         Command::Partition { key, query } => query::owner(query, &key, true),
+        Command::Recover(args) => recover::main(args),
         // One thread is plenty for a node's work, and an idle node that
         // wakes a single thread costs less CPU (no cross-thread wake-ups) and
         // memory (one malloc arena, no worker stacks) than a thread pool.

@@ -325,3 +325,48 @@ fn a_damaged_or_shared_data_dir_is_refused_naming_it() {
     assert!(err.contains("damaged"), "{err}");
     assert!(err.contains(&file.display().to_string()), "{err}");
 }
+
+#[test]
+fn a_lost_majority_is_recovered_from_one_survivor() {
+    let mut c = Cluster::new("recover", 3, 32, true);
+    let before = c.settled("three nodes agree and own everything");
+    let highest = before.values().copied().max().unwrap();
+    // Two voters lost for good, with their disks; the survivor is stopped
+    // for the recovery (its store is locked while it runs).
+    for i in 0..3 {
+        c.kill(i);
+    }
+    for i in 1..3 {
+        std::fs::remove_dir_all(c.data_dir(i)).unwrap();
+    }
+    let dir = c.data_dir(0).display().to_string();
+    let (code, err) = run_to_exit(&["recover", "--data-dir", &dir, "--force-new-cluster"]);
+    assert_eq!(code, Some(2), "refused without the confirmation: {err}");
+    assert!(err.contains("--confirm-majority-lost"), "{err}");
+    let confirmed = [
+        "recover",
+        "--data-dir",
+        &dir,
+        "--force-new-cluster",
+        "--confirm-majority-lost",
+    ];
+    let (code, err) = run_to_exit(&confirmed);
+    assert_eq!(code, Some(0), "{err}");
+    // The survivor alone: it owns everything, under tokens above all before.
+    c.start(0);
+    let mut after = None;
+    wait_until("the survivor owns everything", || {
+        let status = get_json(&c.procs[0].as_ref().unwrap().http, "/status");
+        let members = status
+            .as_ref()
+            .and_then(|s| s["members"].as_array().map(|m| m.len()));
+        after = c.owned();
+        members == Some(1) && after.is_some()
+    });
+    let lowest = after.unwrap().values().copied().min().unwrap();
+    assert!(lowest > highest, "{lowest} after, {highest} before");
+    // The lost nodes come back empty and join it.
+    c.start(1);
+    c.start(2);
+    c.settled("the recovered cluster has all three again");
+}

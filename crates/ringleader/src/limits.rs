@@ -274,6 +274,7 @@ mod tests {
                     info: widest_info('m'),
                     role: Role::Member,
                     joined_index: u64::MAX,
+                    admitted: u64::MAX,
                     incarnation: u64::MAX,
                 },
             );

@@ -26,9 +26,7 @@ use crate::types::NodeId;
 /// that has no row for it, shows none.
 pub fn grant_floor(state: &crate::state::ClusterState, me: NodeId, incarnation: u64) -> u64 {
     match state.members.get(&me) {
-        Some(m) if m.incarnation == incarnation => {
-            crate::token::make_token(state.created_secs(), m.joined_index)
-        }
+        Some(m) if m.incarnation == incarnation => m.admitted,
         _ => u64::MAX,
     }
 }
@@ -46,8 +44,7 @@ pub fn orphaned(state: &crate::state::ClusterState) -> Vec<u32> {
         .enumerate()
         .filter_map(|(p, slot)| {
             let member = state.members.get(&slot.owner?)?;
-            let floor = crate::token::make_token(state.created_secs(), member.joined_index);
-            (slot.token <= floor).then(|| u32::try_from(p).unwrap_or(u32::MAX))
+            (slot.token <= member.admitted).then(|| u32::try_from(p).unwrap_or(u32::MAX))
         })
         .collect()
 }
@@ -395,6 +392,7 @@ mod tests {
             info: NodeInfo::default(),
             role: Role::Member,
             joined_index: 7,
+            admitted: 7,
             incarnation,
         };
         state.members.insert(ME, row(1));

@@ -72,6 +72,11 @@ pub struct Member {
     pub role: Role,
     /// Log index of the entry that admitted it.
     pub joined_index: u64,
+    /// The token of that entry: every grant of its process is above it
+    /// (see [`crate::ownership::grant_floor`]). Kept as a token, not
+    /// recomputed, so it stays right when a recovery starts a new cluster
+    /// life (`crate::raft::recover`).
+    pub admitted: u64,
     /// Which start of the node was admitted (0 for a node without a data
     /// directory).
     pub incarnation: u64,
@@ -142,6 +147,7 @@ impl ClusterState {
                         info: info.clone(),
                         role,
                         joined_index: index,
+                        admitted: make_token(self.created_secs(), index),
                         incarnation: *incarnation,
                     },
                 );

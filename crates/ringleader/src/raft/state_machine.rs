@@ -169,7 +169,20 @@ fn delta_within(
     Some(delta)
 }
 
-fn command_of(entry: &Entry<TypeConfig>) -> Command {
+/// A snapshot's bytes: the encoded state.
+pub(crate) fn encode_snapshot(state: &ClusterState) -> Result<Vec<u8>, postcard::Error> {
+    postcard::to_stdvec(&SnapshotBody {
+        state: state.clone(),
+    })
+}
+
+/// The state a snapshot's bytes hold.
+pub(crate) fn decode_snapshot(bytes: &[u8]) -> Result<ClusterState, postcard::Error> {
+    postcard::from_bytes::<SnapshotBody>(bytes).map(|b| b.state)
+}
+
+/// The command an entry stands for.
+pub(crate) fn command_of(entry: &Entry<TypeConfig>) -> Command {
     match &entry.payload {
         EntryPayload::Blank => Command::Noop,
         EntryPayload::Normal(command) => command.clone(),

@@ -341,6 +341,32 @@ impl DiskStore {
         })
     }
 
+    /// Replaces everything Raft stored with `snapshot` and `vote`, the log
+    /// emptied up to and including `last` (the snapshot's last log id), in
+    /// one synced commit (a crash leaves the old state or the new one).
+    pub fn replace_all(
+        &self,
+        snapshot: &StoredSnapshot,
+        vote: &Vote<NodeId>,
+        last: &LogId<NodeId>,
+    ) -> Result<(), StoreError> {
+        let snapshot = seal(snapshot).map_err(|e| self.io(e))?;
+        let vote = seal(vote).map_err(|e| self.io(e))?;
+        let purged = seal(last).map_err(|e| self.io(e))?;
+        let committed = seal(&Some(*last)).map_err(|e| self.io(e))?;
+        self.write(Durability::Immediate, |meta, log| {
+            for (key, value) in [
+                (SNAPSHOT, &snapshot),
+                (VOTE, &vote),
+                (PURGED, &purged),
+                (COMMITTED, &committed),
+            ] {
+                meta.insert(key, value.as_slice()).map_err(|e| self.io(e))?;
+            }
+            log.retain(|_, _| false).map_err(|e| self.io(e))
+        })
+    }
+
     /// Saves the current snapshot, synced.
     pub fn save_snapshot(&self, snapshot: &StoredSnapshot) -> Result<(), StoreError> {
         self.put_meta(SNAPSHOT, snapshot, Durability::Immediate)
