@@ -76,6 +76,8 @@ class Node:
             "--partitions", str(self.cluster.partitions),
             "--log", "error,openraft=off",
         ] + self.cluster.extra
+        if self.cluster.data_root:
+            args += ["--data-dir", os.path.join(self.cluster.data_root, self.name)]
         self.proc = subprocess.Popen(
             args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -180,12 +182,17 @@ class Node:
 
 
 class Cluster:
-    """`n` daemons with one seed list; nodes restart on their old ports."""
+    """`n` daemons with one seed list; nodes restart on their old ports (and
+    with their data directories under `data_root`, when given)."""
 
-    def __init__(self, binary: str, n: int, partitions: int, extra: list[str]):
+    def __init__(self, binary: str, n: int, partitions: int, extra: list[str],
+                 data_root: str | None = None):
         self.binary = binary
         self.partitions = partitions
         self.extra = extra
+        self.data_root = data_root
+        # The voter target the nodes run with (`--voters`, default 5).
+        self.voter_target = int(extra[extra.index("--voters") + 1]) if "--voters" in extra else 5
         ports = free_ports(2 * n)
         self.nodes = [
             Node(self, f"n{i + 1}", ports[2 * i], ports[2 * i + 1]) for i in range(n)
@@ -274,14 +281,14 @@ class Cluster:
                     return None
                 self.cond.wait(min(left, 0.05))
 
-    def voters_complete(self, target: int = 3) -> bool:
+    def voters_complete(self, target: int | None = None) -> bool:
         """The leader's member table has as many Raft voters as the cluster
         aims for (the largest odd number up to `target` and the live
         count): joiners are promoted, so a leader kill is survivable."""
         leader = self.leader()
         if leader is None or leader.latest is None:
             return False
-        want = min(target, len(self.live()))
+        want = min(target or self.voter_target, len(self.live()))
         want -= 1 - want % 2
         roles = [m.get("role") for m in leader.latest.members.values()]
         return roles.count("voter") == want
@@ -305,6 +312,18 @@ class Cluster:
     def leader(self) -> Node | None:
         agreed = self.agreed_leader()
         return self.by_id(agreed[0]) if agreed else None
+
+
+def write_bytes(pid: int) -> int:
+    """Bytes the process caused to be written to storage (/proc/PID/io)."""
+    try:
+        with open(f"/proc/{pid}/io") as f:
+            for line in f:
+                if line.startswith("write_bytes:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
 
 
 def proc_stat(pid: int) -> tuple[int, int, float]:

@@ -1,6 +1,7 @@
 //! The bootstrap rule: who may create a cluster, and when.
 //!
-//! Nodes keep no state on disk, so "is there a cluster already?" has to be
+//! A node without a data directory keeps no state, and even one with a data
+//! directory may be new, so "is there a cluster already?" has to be
 //! answered by asking. The rule that guarantees nodes started from one seed
 //! list form exactly one cluster:
 //!

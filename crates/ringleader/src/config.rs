@@ -91,7 +91,7 @@ pub struct NodeConfig {
     pub allow_unauthenticated: bool,
     /// Number of partitions (fixed for the cluster's life).
     pub num_partitions: u32,
-    /// Target number of Raft voters: 1, 3, 5 or 7.
+    /// Target number of Raft voters: 1, 3, 5 (default) or 7.
     pub voters: usize,
     /// Timings.
     pub timings: Timings,

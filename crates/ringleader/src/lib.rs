@@ -5,9 +5,11 @@
 //! with a fencing token (the epoch), and partitions each owned by exactly one
 //! live node, with a fencing token per grant (see `docs/guarantees.md`).
 //!
-//! Nodes form a cluster from a seed list. A small set of voters (1, 3, 5 or 7)
-//! run Raft ([openraft]); every other node holds a session with the leader
-//! and follows the committed state. The leader removes a member that stays
+//! Nodes form a cluster from a seed list. A small set of voters (1, 3, 5 or 7;
+//! by default five once there are five nodes) run Raft ([openraft]); every
+//! other node holds a session with the leader and follows the committed
+//! state. With a data directory ([`NodeBuilder::data_dir`]) a node keeps its
+//! identity and Raft state across restarts. The leader removes a member that stays
 //! silent for the session timeout (1 s by default) through the log, so every
 //! node reports the same [`Event`]s in the same order.
 //!

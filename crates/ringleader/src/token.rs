@@ -10,10 +10,12 @@
 //!   grant (or started the leadership epoch). Within one cluster life indices
 //!   only rise, so tokens do too.
 //! * `cluster_created_unix_secs` is the wall-clock second at which the
-//!   cluster was created. State is kept in memory only, so after *every* node
-//!   restarts at once the log starts again at a low index; the creation
-//!   component makes the new life's tokens larger than every token of the
-//!   previous life. The bootstrapping node waits for the next whole second
+//!   cluster was created. With data directories a full restart resumes the
+//!   same log, and the same life. Without them (ephemeral nodes), after
+//!   *every* node restarts at once the log starts again at a low index; the
+//!   creation component makes the new life's tokens larger than every token
+//!   of the previous life. `ringleader recover` starts a new life the same
+//!   way (`crate::raft::recover`). The bootstrapping node waits for the next whole second
 //!   before it stamps the creation time, so two lives can never share a
 //!   creation second (assumption: the bootstrapping node's wall clock does not
 //!   step backwards across a full restart).

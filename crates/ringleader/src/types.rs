@@ -4,12 +4,15 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-/// The identity of one node *incarnation*.
+/// The identity of a node.
 ///
-/// A fresh random id is drawn every time a process starts a node, so a
-/// restarted process is always a new member: nothing it remembers can be
-/// confused with its previous life. (A node that is expelled while it keeps
-/// running rejoins under the same id.)
+/// Without a data directory a fresh random id is drawn every time a process
+/// starts a node, so a restarted process is always a new member: nothing it
+/// remembers can be confused with its previous life. With one, the id is
+/// kept there and a restart is the same node (and voter) again; each start
+/// counts an *incarnation* (see [`crate::protocol::Request::Join`]) so the
+/// cluster can tell the new process from the old. (A node that is expelled
+/// while it keeps running rejoins under the same id.)
 /// The human-readable name lives in [`NodeInfo::name`].
 pub type NodeId = u64;
 

@@ -238,7 +238,8 @@ impl<N: Net> NodeBuilder<N> {
         self
     }
 
-    /// Target number of Raft voters: 1, 3 (default), 5 or 7.
+    /// Target number of Raft voters: 1, 3, 5 (default) or 7; fewer while the
+    /// cluster has fewer live nodes (an odd number, at most that many).
     pub fn voters(mut self, n: usize) -> Self {
         self.config.voters = n;
         self
