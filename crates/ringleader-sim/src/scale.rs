@@ -1,8 +1,9 @@
 //! Scale mode: many real [`ringleader::Node`]s in one turmoil simulation.
 //!
 //! `cargo run --release -p ringleader-sim -- --nodes 1000 --partitions 4096`
-//! starts the nodes at once (the first 3 are the seeds and become the
-//! voters, the rest are members), with the library's default timings
+//! starts the nodes at once (the first 3 are the seeds; the cluster makes
+//! five of the nodes voters, the library's default, and the rest are
+//! members), with the library's default timings
 //! ([`Timings::default`]), and measures in simulated time:
 //!
 //! 1. formation: from the start until ownership is *stable*: every
@@ -247,7 +248,7 @@ impl Net for CountingNet {
 /// What to run.
 #[derive(Debug, Clone)]
 pub struct ScaleConfig {
-    /// Nodes at formation (3 of them voters); one more joins later.
+    /// Nodes at formation (5 of them voters); one more joins later.
     pub nodes: usize,
     /// Partitions.
     pub partitions: u32,
@@ -371,7 +372,7 @@ impl ScaleReport {
         let c = &self.config;
         let t = Timings::default();
         let mut out = format!(
-            "Simulator scale run: {} real ringleader nodes (3 voters, {} members) in one turmoil \
+            "Simulator scale run: {} real ringleader nodes ({} voters, {} members) in one turmoil \
              simulation (one thread), {} hosts: seeds, four more nodes (one of \
              them the crashed member) and the joining node one to a host, the other members {} \
              to a host; P = {}; seed {}; default timings \
@@ -383,7 +384,8 @@ impl ScaleReport {
              node's `owned()`, counts within one, and all nodes agree on leader, members \
              and table.\n\n",
             c.nodes,
-            c.nodes.saturating_sub(3),
+            ringleader::config::DEFAULT_VOTERS.min(c.nodes),
+            c.nodes.saturating_sub(ringleader::config::DEFAULT_VOTERS),
             self.hosts,
             self.per_host,
             c.partitions,

@@ -34,7 +34,7 @@ pub enum Event {
     },
     /// A node was admitted to the member table.
     MemberJoined {
-        /// The node's incarnation id.
+        /// The node's id.
         id: NodeId,
         /// How to reach it.
         info: NodeInfo,
@@ -43,7 +43,7 @@ pub enum Event {
     },
     /// A node was removed from the member table.
     MemberLeft {
-        /// The node's incarnation id.
+        /// The node's id.
         id: NodeId,
         /// How it was reached.
         info: NodeInfo,
@@ -52,7 +52,7 @@ pub enum Event {
     },
     /// A member was promoted to voter or demoted to plain member.
     RoleChanged {
-        /// The node's incarnation id.
+        /// The node's id.
         id: NodeId,
         /// Its new role.
         role: Role,

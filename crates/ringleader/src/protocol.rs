@@ -191,7 +191,7 @@ pub enum Response {
 /// What a node says about itself when probed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProbeInfo {
-    /// Its incarnation id.
+    /// Its node id.
     pub id: NodeId,
     /// Whether it belongs to a cluster.
     pub clustered: bool,

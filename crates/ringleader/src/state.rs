@@ -38,7 +38,7 @@ pub enum Command {
     },
     /// Removes a node from the member table.
     RemoveMember {
-        /// The node's incarnation id.
+        /// The node's id.
         id: NodeId,
         /// Why it is gone.
         reason: LeaveReason,

@@ -536,15 +536,26 @@ async fn reconcile_voters(core: &Arc<Core>) -> Result<(), Error> {
     };
     let state = core.sm.state();
     let suspects = core.suspects();
-    let is_live =
-        |id: &NodeId| *id == core.id || (state.members.contains_key(id) && !suspects.contains(id));
+    // Members a new incarnation replaced at their address: their process is
+    // gone (server::join), so as voters they only stand in the quorum's way.
+    let doomed: BTreeSet<NodeId> = core
+        .doomed
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    let is_live = |id: &NodeId| {
+        *id == core.id
+            || (state.members.contains_key(id) && !suspects.contains(id) && !doomed.contains(id))
+    };
 
     // 1. Voters that are no longer members (removed while this node was not
-    //    leading, or a leave cut short) leave the voter set.
+    //    leading, or a leave cut short), or whose address a new incarnation
+    //    took (a restart without a data directory: replaced at once, not a
+    //    session timeout later), leave the voter set.
     let stale: BTreeSet<NodeId> = voters
         .iter()
         .copied()
-        .filter(|v| *v != core.id && !state.members.contains_key(v))
+        .filter(|v| *v != core.id && (!state.members.contains_key(v) || doomed.contains(v)))
         .collect();
     //    Never to an even set (see `remove_member`): swap a caught-up
     //    learner in within the same change, starting one first if need be,
@@ -557,7 +568,10 @@ async fn reconcile_voters(core: &Arc<Core>) -> Result<(), Error> {
                 .iter()
                 .copied()
                 .find(|l| is_live(l) && caught_up.contains(l));
-            let spare = state.members.keys().any(|m| !voters.contains(m));
+            let spare = state
+                .members
+                .keys()
+                .any(|m| !voters.contains(m) && !doomed.contains(m));
             let Some(heir) = heir.filter(|_| spare) else {
                 if !spare {
                     // Nobody could ever take the place: shrink, to an odd

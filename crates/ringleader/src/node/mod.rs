@@ -523,7 +523,7 @@ pub struct NodeStats {
 /// One row of [`Status::members`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MemberStatus {
-    /// Incarnation id.
+    /// Node id.
     pub id: NodeId,
     /// Name.
     pub name: String,
@@ -542,7 +542,7 @@ pub struct MemberStatus {
 /// A node's view of the cluster, from its replicated copy.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Status {
-    /// This node's incarnation id.
+    /// This node's id.
     pub id: NodeId,
     /// This node's name.
     pub name: String,
@@ -726,7 +726,7 @@ impl Node {
         }
     }
 
-    /// This node's incarnation id.
+    /// This node's id.
     pub fn id(&self) -> NodeId {
         self.core.id
     }

@@ -56,7 +56,7 @@ pub enum StoreError {
     Locked(String),
     /// The store is damaged: a checksum failed or a value does not decode.
     #[error(
-        "{place} is damaged ({what}); the node will not start on it: restore the directory from a backup, or move it away to rejoin as a new node (docs/operations.md)"
+        "{place} is damaged ({what}); the node will not start on it: move the directory aside and start the node without it, to rejoin as a new node (an old copy of a voter's directory is no backup: it may have forgotten votes it cast); see docs/operations.md"
     )]
     Corrupt {
         /// The store.
