@@ -8,8 +8,26 @@ mod common;
 use std::collections::BTreeSet;
 
 use common::*;
-use ringleader::Node;
 use ringleader::partitioner::MAX_PARTITIONS;
+use ringleader::{Node, Timings};
+
+/// Slower Raft timings than the defaults. This test is about sizes, not
+/// speed: in a debug build on a busy 2-core machine one AppendEntries of
+/// ~1 MB entries can take longer than the default 50 ms Raft heartbeat,
+/// which is also the leader's timeout for it, and the cluster then spends
+/// its time re-electing (the test failed 2 runs of 4 so, before any change
+/// of this session's).
+fn roomy() -> Timings {
+    Timings {
+        raft_heartbeat: std::time::Duration::from_millis(300),
+        election_timeout_min: std::time::Duration::from_millis(900),
+        election_timeout_max: std::time::Duration::from_millis(1200),
+        rpc_timeout: std::time::Duration::from_secs(2),
+        session_timeout: std::time::Duration::from_secs(3),
+        lease: std::time::Duration::from_secs(2),
+        ..Timings::default()
+    }
+}
 
 /// Every node is joined, and each sees every partition owned by one of
 /// `nodes`, the same table everywhere.
@@ -36,6 +54,7 @@ async fn a_cluster_at_maximum_partitions_catches_up_members_and_new_voters() {
         // others must catch up as members, and one as a new voter.
         builder(&format!("m{i}"), &addrs[i], seeds)
             .partitions(MAX_PARTITIONS)
+            .timings(roomy())
             .voters(3)
             .start()
     };

@@ -180,11 +180,9 @@ impl DiskStore {
 
     fn ready(db: Database, place: String) -> Result<Self, StoreError> {
         let store = Self { db, place };
-        // Create both tables, so reads never meet a missing one.
-        store.write(Durability::Immediate, |meta, _| {
-            let _ = meta;
-            Ok(())
-        })?;
+        // Opening both tables in a write creates them: reads never meet a
+        // missing one.
+        store.write(Durability::Immediate, |_, _| Ok(()))?;
         Ok(store)
     }
 
