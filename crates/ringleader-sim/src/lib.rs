@@ -138,6 +138,12 @@ pub struct Mode {
     /// The voter target (0: the library's default). Plain seeds run with
     /// 3, as every soak before durable voters did.
     pub voters: usize,
+    /// Restart storms: besides the other faults, rolling crashes of one
+    /// host after another, each restarted at once, the next 1.5-2 s later
+    /// (beyond a replacement round, so even nodes without disks must keep
+    /// their quorum: an impatient rolling deploy). A storm starts from a
+    /// healthy cluster; without disks no other fault starts during it.
+    pub storms: bool,
 }
 
 impl Mode {
@@ -149,6 +155,9 @@ impl Mode {
         }
         if self.durable {
             flags.push_str(" --durable");
+        }
+        if self.storms {
+            flags.push_str(" --storms");
         }
         // What `ringleader-sim` picks without --voters.
         let default = if self.durable { 0 } else { 3 };
@@ -387,6 +396,8 @@ enum Undo {
     /// Crash a host of a crash loop again (then restart it, `.1` more
     /// times to go).
     Recrash(usize, u32),
+    /// The next crash of a restart storm (`.0` more to go).
+    StormNext(u32),
     Rejoin(usize),
     Repair(Vec<usize>, Vec<usize>),
     RepairOneway(usize, usize),
@@ -561,6 +572,8 @@ fn run(seed: u64, mode: Mode) -> Outcome {
     let mut net_faults_active = 0usize;
     let mut converged_after_ms = None;
     let mut settled_since: Option<u64> = None;
+    // One restart storm at a time.
+    let mut storming = false;
 
     loop {
         if let Err(e) = sim.step() {
@@ -617,7 +630,7 @@ fn run(seed: u64, mode: Mode) -> Outcome {
                 if now >= phase_start + FAULT_PHASE.as_millis() as u64 {
                     // Heal everything (a crash loop ends with its restart).
                     for (_, undo) in std::mem::take(&mut pending) {
-                        if matches!(undo, Undo::Recrash(..)) {
+                        if matches!(undo, Undo::Recrash(..) | Undo::StormNext(_)) {
                             continue;
                         }
                         apply_undo(
@@ -663,6 +676,7 @@ fn run(seed: u64, mode: Mode) -> Outcome {
                         Undo::Restart(_)
                             | Undo::RestartLoop(..)
                             | Undo::Recrash(..)
+                            | Undo::StormNext(_)
                             | Undo::Rejoin(_)
                             | Undo::Nothing
                     ) {
@@ -672,6 +686,15 @@ fn run(seed: u64, mode: Mode) -> Outcome {
                         &mut sim, &names, &slots, &mut down, &mut rng, &undo, &mut st, now,
                     ) {
                         pending.push(next);
+                    }
+                    if let Undo::StormNext(left) = undo {
+                        let running: Vec<usize> = live.iter().map(|(i, _)| *i).collect();
+                        let next = storm_step(
+                            &mut sim, &names, &slots, &mut down, &mut rng, &running, left, &mut st,
+                            now,
+                        );
+                        storming = !next.is_empty() && left > 0;
+                        pending.extend(next);
                     }
                     apply_undo(
                         &mut sim,
@@ -691,7 +714,22 @@ fn run(seed: u64, mode: Mode) -> Outcome {
                     let healthy = net_faults_active == 0
                         && !down.iter().any(|d| *d)
                         && healthy_voters(&live, &st.leading);
-                    let picked = if mode.durable && rng.random_bool(0.25) {
+                    // A storm starts from a healthy cluster and runs alone:
+                    // nodes without disks promise to keep their quorum
+                    // through restarts spaced beyond a replacement round,
+                    // not through those plus partitions and pauses.
+                    let storm = mode.storms && !storming && healthy && rng.random_bool(0.2);
+                    let picked = if storming && !mode.durable {
+                        None
+                    } else if storm {
+                        storming = true;
+                        let crashes = rng.random_range(4..10);
+                        Some((
+                            format!("restart storm: {crashes} hosts crash one after another"),
+                            vec![(now, Undo::StormNext(crashes))],
+                            false,
+                        ))
+                    } else if mode.durable && rng.random_bool(0.25) {
                         pick_restart_fault(
                             &mut rng,
                             &mut sim,
@@ -1149,6 +1187,36 @@ fn pick_restart_fault(
     }
 }
 
+/// One crash of a restart storm: a running host crashes and restarts at
+/// once (50-300 ms); with `left` more to go, the next comes 1.5-2 s later.
+#[allow(clippy::too_many_arguments)]
+fn storm_step(
+    sim: &mut turmoil::Sim<'_>,
+    names: &[String],
+    slots: &[Shared],
+    down: &mut [bool],
+    rng: &mut StdRng,
+    running: &[usize],
+    left: u32,
+    st: &mut Checker,
+    now: u64,
+) -> Vec<Pending> {
+    let Some(i) = running.choose(rng).copied() else {
+        return Vec::new();
+    };
+    crash_host(sim, names, slots, i);
+    down[i] = true;
+    st.action(now, format!("storm: crash {}", names[i]));
+    let mut next = vec![(now + rng.random_range(50..300), Undo::Restart(i))];
+    if left > 0 {
+        next.push((
+            now + rng.random_range(1500..2000),
+            Undo::StormNext(left - 1),
+        ));
+    }
+    next
+}
+
 /// The next step of a crash loop after `undo` is applied, if any: a
 /// restarted host crashes again soon, then restarts again.
 #[allow(clippy::too_many_arguments)]
@@ -1224,7 +1292,7 @@ fn apply_undo(
             };
             st.action(now, format!("restart {} {how}", names[*i]));
         }
-        Undo::Recrash(..) => {}
+        Undo::Recrash(..) | Undo::StormNext(_) => {}
         Undo::Repair(a, b) => {
             for x in a {
                 for y in b {

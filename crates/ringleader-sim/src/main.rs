@@ -5,7 +5,8 @@
 //! `--outsider` adds the attacking outsider (`ringleader_sim::outsider`);
 //! `--durable` gives every host a disk and adds restart faults
 //! (`ringleader_sim::Mode::durable`); `--voters N` sets the voter target
-//! (default 3, or the library's default with `--durable`).
+//! (default 3, or the library's default with `--durable`); `--storms` adds
+//! rolling restart storms (`ringleader_sim::Mode::storms`).
 //! `--nodes N --partitions P` runs scale mode instead (see
 //! `ringleader_sim::scale` and `scale_main` below).
 //! `RINGLEADER_SIM_LOG=<filter>` (e.g. `ringleader=debug,openraft=info`)
@@ -16,7 +17,7 @@ use std::time::{Duration, Instant};
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: ringleader-sim (--seed N [--trace] [--check-determinism] | --seeds K [--from S]) [--outsider] [--durable] [--voters N]\n       \
+        "usage: ringleader-sim (--seed N [--trace] [--check-determinism] | --seeds K [--from S]) [--outsider] [--durable] [--storms] [--voters N]\n       \
          ringleader-sim --nodes N [--partitions P] [--seed S] [--per-host K] [--window-s S] \
          [--deadline-s S] [--tick-ms T] [--poll-ms T] [--reps R] [--quiet]"
     );
@@ -61,6 +62,7 @@ fn main() -> ExitCode {
             "--check-determinism" => check_determinism = true,
             "--outsider" => mode.outsider = true,
             "--durable" => mode.durable = true,
+            "--storms" => mode.storms = true,
             "--voters" => match num() {
                 Some(v @ (1 | 3 | 5 | 7)) => voters = Some(v as usize),
                 _ => return usage(),

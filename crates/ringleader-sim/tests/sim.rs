@@ -61,6 +61,29 @@ fn durable_seeds_survive_restart_storms() {
     assert!(failures.is_empty(), "seeds with violations: {failures:?}");
 }
 
+/// Issue 19: restart storms (hosts crashing one after another, restarted
+/// at once, 1.5-2 s apart) on nodes without disks: every restart is a new
+/// id, and the old id's voter seat must be handed on before the next one.
+#[test]
+fn restart_storms_without_disks_keep_the_quorum() {
+    let seeds = if cfg!(debug_assertions) { 2 } else { 30 };
+    let mode = ringleader_sim::Mode {
+        storms: true,
+        voters: 3,
+        ..Default::default()
+    };
+    let failures: Vec<u64> = (30000..30000 + seeds)
+        .filter(|seed| {
+            let outcome = ringleader_sim::run_seed_in(*seed, mode);
+            if !outcome.violations.is_empty() {
+                eprint!("{}", outcome.report());
+            }
+            !outcome.violations.is_empty()
+        })
+        .collect();
+    assert!(failures.is_empty(), "seeds with violations: {failures:?}");
+}
+
 /// Seeds the 10 000-seed soaks once failed, each for a bug since fixed in
 /// the core (see the commit history): a leader that had removed itself from
 /// the voters still acting as leader (5607), a sole voter taking office at

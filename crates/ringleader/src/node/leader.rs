@@ -574,6 +574,13 @@ async fn reconcile_voters(core: &Arc<Core>) -> Result<(), Error> {
                 .any(|m| !voters.contains(m) && !doomed.contains(m));
             let Some(heir) = heir.filter(|_| spare) else {
                 if !spare {
+                    if stale.iter().any(|v| state.members.contains_key(v)) {
+                        // A doomed voter whose new incarnation has not
+                        // joined yet: it will be the heir. Shrinking now
+                        // would leave one voter fewer than needed (the sim's
+                        // restart storms took a 3-voter set down to one).
+                        return Ok(());
+                    }
                     // Nobody could ever take the place: shrink, to an odd
                     // set, as a small cluster must.
                     shrink_to_odd(core, &mut voters);

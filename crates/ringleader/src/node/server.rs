@@ -263,8 +263,8 @@ async fn join(
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .extend(stale);
-        // A doomed voter is replaced at once (leader::reconcile_voters).
-        core.rebalance_now.notify_one();
+        // A doomed voter is replaced as soon as the admission below
+        // commits, which wakes the leader loop (leader::reconcile_voters).
     }
     let admitted = match known {
         Some(_) => leader::readmit(core, id, info, incarnation).await,
