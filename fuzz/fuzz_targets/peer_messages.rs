@@ -72,6 +72,7 @@ fn command(u: &mut Unstructured<'_>) -> Result<Command> {
         2 => Command::AddMember {
             id: id(u)?,
             info: info(u)?,
+            incarnation: u.arbitrary()?,
         },
         3 => Command::RemoveMember {
             id: id(u)?,
