@@ -7,20 +7,31 @@
 /// `RINGLEADER_SIM_SEEDS` overrides either.
 const SEEDS: u64 = if cfg!(debug_assertions) { 16 } else { 200 };
 
+/// The seeds among `seeds` whose run breaks an invariant (each one's report
+/// printed).
+fn failing(
+    seeds: impl IntoIterator<Item = u64>,
+    run: impl Fn(u64) -> ringleader_sim::Outcome,
+) -> Vec<u64> {
+    seeds
+        .into_iter()
+        .filter(|seed| {
+            let outcome = run(*seed);
+            if !outcome.violations.is_empty() {
+                eprint!("{}", outcome.report());
+            }
+            !outcome.violations.is_empty()
+        })
+        .collect()
+}
+
 #[test]
 fn many_seeds_hold_every_invariant() {
     let seeds = std::env::var("RINGLEADER_SIM_SEEDS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(SEEDS);
-    let mut failures = Vec::new();
-    for seed in 0..seeds {
-        let outcome = ringleader_sim::run_seed(seed);
-        if !outcome.violations.is_empty() {
-            eprint!("{}", outcome.report());
-            failures.push(seed);
-        }
-    }
+    let failures = failing(0..seeds, ringleader_sim::run_seed);
     assert!(failures.is_empty(), "seeds with violations: {failures:?}");
 }
 
@@ -30,15 +41,7 @@ fn many_seeds_hold_every_invariant() {
 #[test]
 fn an_outsider_changes_nothing() {
     let seeds = if cfg!(debug_assertions) { 4 } else { 40 };
-    let failures: Vec<u64> = (1000..1000 + seeds)
-        .filter(|seed| {
-            let outcome = ringleader_sim::run_seed_with_outsider(*seed);
-            if !outcome.violations.is_empty() {
-                eprint!("{}", outcome.report());
-            }
-            !outcome.violations.is_empty()
-        })
-        .collect();
+    let failures = failing(1000..1000 + seeds, ringleader_sim::run_seed_with_outsider);
     assert!(failures.is_empty(), "seeds with violations: {failures:?}");
 }
 
@@ -49,15 +52,7 @@ fn an_outsider_changes_nothing() {
 #[test]
 fn durable_seeds_survive_restart_storms() {
     let seeds = if cfg!(debug_assertions) { 4 } else { 60 };
-    let failures: Vec<u64> = (5000..5000 + seeds)
-        .filter(|seed| {
-            let outcome = ringleader_sim::run_seed_durable(*seed);
-            if !outcome.violations.is_empty() {
-                eprint!("{}", outcome.report());
-            }
-            !outcome.violations.is_empty()
-        })
-        .collect();
+    let failures = failing(5000..5000 + seeds, ringleader_sim::run_seed_durable);
     assert!(failures.is_empty(), "seeds with violations: {failures:?}");
 }
 
@@ -72,15 +67,9 @@ fn restart_storms_without_disks_keep_the_quorum() {
         voters: 3,
         ..Default::default()
     };
-    let failures: Vec<u64> = (30000..30000 + seeds)
-        .filter(|seed| {
-            let outcome = ringleader_sim::run_seed_in(*seed, mode);
-            if !outcome.violations.is_empty() {
-                eprint!("{}", outcome.report());
-            }
-            !outcome.violations.is_empty()
-        })
-        .collect();
+    let failures = failing(30000..30000 + seeds, |seed| {
+        ringleader_sim::run_seed_in(seed, mode)
+    });
     assert!(failures.is_empty(), "seeds with violations: {failures:?}");
 }
 
@@ -107,16 +96,7 @@ const REGRESSIONS: [u64; 22] = [
 #[test]
 #[cfg_attr(debug_assertions, ignore = "release builds only (about 75 s in debug)")]
 fn seeds_the_soak_once_failed_pass() {
-    let failures: Vec<u64> = REGRESSIONS
-        .into_iter()
-        .filter(|seed| {
-            let outcome = ringleader_sim::run_seed(*seed);
-            if !outcome.violations.is_empty() {
-                eprint!("{}", outcome.report());
-            }
-            !outcome.violations.is_empty()
-        })
-        .collect();
+    let failures = failing(REGRESSIONS, ringleader_sim::run_seed);
     assert!(failures.is_empty(), "seeds with violations: {failures:?}");
 }
 
