@@ -380,20 +380,10 @@ pub(crate) async fn readmit(
     info: NodeInfo,
     incarnation: u64,
 ) -> Result<(), Error> {
-    core.touch(id);
-    core.undrain(id);
     let previous = core.sm.read(|s| s.members.get(&id).cloned());
     let moved = previous.is_some_and(|m| m.info.addr != info.addr);
     tracing::info!(id, incarnation, "readmitting a restarted node");
-    write(
-        core,
-        Command::AddMember {
-            id,
-            info: info.clone(),
-            incarnation,
-        },
-    )
-    .await?;
+    add_member(core, id, info.clone(), incarnation).await?;
     if moved && core.raft_voters().contains(&id) {
         // Raft reaches voters through its own copy of their address.
         let _guard = membership_change(core).await?;
